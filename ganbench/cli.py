@@ -1,0 +1,45 @@
+"""`ganbench <command> ...`: dispatch only."""
+
+from __future__ import annotations
+
+import sys
+
+from ganbench.errors import GanbenchError
+
+USAGE = """usage: ganbench <command> [args]
+
+commands:
+  train [overrides] [-m]   train a GAN (Hydra overrides, e.g. loss=wgan_gp constraint=gn; -m for a grid)
+
+`ganbench train --help` lists the config groups and their options; `ganbench train --cfg job` prints the config.
+"""
+
+
+def _train(argv: list[str]) -> int:
+    from ganbench import train
+
+    return train.main(argv)
+
+
+COMMANDS = {"train": _train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"ganbench: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)}.",
+              file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except GanbenchError as e:
+        print(f"ganbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

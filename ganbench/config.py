@@ -1,0 +1,222 @@
+"""Config checks that turn bad input into one clear sentence before anything runs.
+
+- ``prepare_argv``: composes the config for every value of the command line's overrides (each value of a sweep too)
+  and turns Hydra's multi-line errors into a :class:`GanbenchError`; expands ``resume=<run dir>`` into that run's
+  own overrides and output directory.
+- ``validate``: types and ranges of the run knobs.
+- ``identity``: the settings a checkpoint must share with the run that resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ganbench.errors import GanbenchError
+
+CONFIG_MODULE = "ganbench.conf"
+GROUPS = ("dataset", "model", "loss", "constraint", "optim", "experiment")
+POSITIVE_INTS = ("steps", "n_dis", "batch_size", "log_every", "sample_every", "eval_every", "ckpt_every",
+                 "eval_samples")
+# Hydra flags that take the next token as their value.
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                    "--config-dir", "-cd", "--experimental-rerun"}
+INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split the command line into Hydra flags and config overrides."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("-"):
+            flags.append(tok)
+            takes_value = tok in FLAGS_WITH_VALUE or (tok in ("--info", "-i") and i + 1 < len(argv)
+                                                         and argv[i + 1] in INFO_VALUES)
+            if takes_value and i + 1 < len(argv):
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            overrides.append(tok)
+        i += 1
+    return flags, overrides
+
+
+def _one_line(e: Exception) -> str:
+    """Hydra's multi-line messages as one sentence: unknown group option, unknown key, bad syntax."""
+    from hydra.errors import MissingConfigException
+
+    text = str(e)
+    if isinstance(e, MissingConfigException):
+        m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+        options = sorted(getattr(e, "options", None) or [])
+        if m:
+            group, name = m.groups()
+            return f"unknown {group} '{name}'; choose one of: {', '.join(options)}."
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m and "not in struct" in text:
+        return f"unknown config key '{m.group(1)}'; see `ganbench train --cfg job` for the keys there are."
+    m = re.search(r"Key '([^']+)' is not in struct", text)
+    if m:
+        return f"unknown config key '{m.group(1)}'; see `ganbench train --cfg job` for the keys there are."
+    m = re.search(r"Could not append to config. An item is already at '([^']+)'", text)
+    if m:
+        return f"'+{m.group(1)}' adds a key that exists already; write {m.group(1)}=VALUE instead."
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    return first.rstrip(".") + "."
+
+
+def _value_sets(overrides: list[str]) -> list[list[str]]:
+    """One override list per value of every sweep override (the other keys at their first value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise GanbenchError(f"cannot parse the overrides: {_one_line(e)}") from None
+    base, sweeps = [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+            key = o.get_key_element()
+            base.append(f"{key}={values[0]}")
+            sweeps.append((len(base) - 1, key, values))
+        else:
+            base.append(o.input_line)
+    sets = [base]
+    for index, key, values in sweeps:
+        for value in values[1:]:
+            variant = list(base)
+            variant[index] = f"{key}={value}"
+            sets.append(variant)
+    return sets
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose conf/train.yaml with ``overrides``; errors become one-line GanbenchErrors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose("train", overrides=overrides)
+    except GanbenchError:
+        raise
+    except Exception as e:
+        raise GanbenchError(_one_line(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _resume_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """For ``resume=<run dir|checkpoint>``: that run's overrides first, and its directory as the output dir."""
+    from ganbench import checkpoint
+
+    value = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    if value in (None, "", "null", "auto"):
+        return overrides, []
+    ckpt = checkpoint.find(value)
+    if ckpt is None:
+        raise GanbenchError(f"resume={value} holds no checkpoint (looked for checkpoints/last.pt and prev.pt).")
+    run_dir = checkpoint.run_dir_of(ckpt)
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    saved = [str(o) for o in OmegaConf.load(saved_file)] if saved_file.is_file() else []
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    keep = [o for o in saved if o.split("=", 1)[0].lstrip("+~") not in given | {"resume"}
+            and not o.startswith("hydra")]
+    extra = []
+    if not any(o.startswith("hydra.run.dir=") for o in overrides):
+        extra = [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]  # keep the run's own .hydra/ as it was
+    return keep + overrides, extra
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Check the command line of `ganbench train` and return the argv to hand to Hydra."""
+    flags, overrides = _split(argv)
+    if any(f in ("-h", "--help", "--hydra-help", "--version") for f in flags):
+        return argv
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    hydra_extra: list[str] = []
+    if not multirun:
+        overrides, hydra_extra = _resume_overrides(overrides)
+    for variant in _value_sets(overrides):
+        cfg = compose([o for o in variant if not o.lstrip("+~").startswith("hydra.")])
+        validate(cfg)
+    return flags + overrides + hydra_extra
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Types and ranges of the run knobs; one sentence per problem."""
+    for key in POSITIVE_INTS:
+        v = cfg.get(key)
+        if not _is_int(v) or v < 1:
+            raise GanbenchError(f"{key} must be a positive integer, got {v!r}.")
+    if cfg.g_batch_size is not None and (not _is_int(cfg.g_batch_size) or cfg.g_batch_size < 1):
+        raise GanbenchError(f"g_batch_size must be null or a positive integer, got {cfg.g_batch_size!r}.")
+    if not _is_int(cfg.seed) or cfg.seed < 0:
+        raise GanbenchError(f"seed must be a non-negative integer, got {cfg.seed!r}.")
+    if not isinstance(cfg.ema_decay, (int, float)) or isinstance(cfg.ema_decay, bool) or not 0 <= cfg.ema_decay < 1:
+        raise GanbenchError(f"ema_decay must be a number in [0, 1) (0 turns EMA off), got {cfg.ema_decay!r}.")
+    if cfg.nan_policy != "stop":
+        raise GanbenchError(f"nan_policy must be 'stop', got {cfg.nan_policy!r}.")
+    if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
+        raise GanbenchError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}.")
+    if cfg.resume is not None and not isinstance(cfg.resume, str):
+        raise GanbenchError(f"resume must be a path or 'auto', got {cfg.resume!r}.")
+    for key in ("lr_g", "lr_d"):
+        v = cfg.optim.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise GanbenchError(f"optim.{key} must be a positive number, got {v!r}.")
+    if cfg.optim.get("decay") not in ("none", "linear"):
+        raise GanbenchError(f"optim.decay must be 'none' or 'linear', got {cfg.optim.get('decay')!r}.")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def identity(cfg: DictConfig) -> str:
+    """The settings a resumed run must share with its checkpoint, as a JSON string (safe for weights_only)."""
+    keys = ("dataset", "model", "loss", "constraint", "n_dis", "batch_size", "g_batch_size", "ema_decay", "seed")
+    data = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+    data["optim"] = {"g": cfg.optim.g._target_, "d": cfg.optim.d._target_}
+    return json.dumps(_flatten(data), sort_keys=True)
+
+
+def check_resume_identity(saved: str, now: str, path: Path) -> None:
+    saved_d, now_d = json.loads(saved or "{}"), json.loads(now)
+    for key in sorted(set(saved_d) | set(now_d)):
+        if key.startswith("dataset.root"):
+            continue  # the same data may move
+        if saved_d.get(key) != now_d.get(key):
+            raise GanbenchError(f"checkpoint {path} was made with {key}={saved_d.get(key)!r} but this run has "
+                                f"{key}={now_d.get(key)!r}; resume with the same settings or start a new run.")
+
+
+def hparams(cfg: DictConfig) -> dict:
+    """The run's choices and main knobs, for TensorBoard's HParams view."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = dict(HydraConfig.get().runtime.choices)
+    except Exception:
+        choices = {}
+    out = {g: choices.get(g) or str(cfg[g].get("_target_", "")) for g in ("dataset", "model", "loss", "constraint")}
+    out["optim"] = choices.get("optim") or cfg.optim.g._target_
+    out.update(steps=cfg.steps, n_dis=cfg.n_dis, batch_size=cfg.batch_size, seed=cfg.seed,
+               lr_g=float(cfg.optim.lr_g), lr_d=float(cfg.optim.lr_d), ema_decay=float(cfg.ema_decay))
+    return out

@@ -1,0 +1,50 @@
+"""Tests compose the real conf/ and shrink it: CPU, tiny widths and batches, a temp output dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ganbench import config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny settings per model so that a run of a few steps takes well under a second on 2 CPU cores.
+TINY = {
+    "mlp": ["model.generator.hidden=32", "model.discriminator.hidden=32"],
+    "dcgan": ["model.generator.ch=8", "model.discriminator.ch=8"],
+    "sngan_cnn": ["model.generator.ch=16", "model.discriminator.ch=8"],
+    "sngan_resnet": ["model.generator.ch=16", "model.discriminator.ch=16"],
+}
+
+
+def tiny_overrides(model: str = "dcgan", steps: int = 3, **extra) -> list[str]:
+    base = [f"model={model}", *TINY[model], f"steps={steps}", "batch_size=8", "device=cpu", "progress=false",
+            "log_every=1", "sample_every=2", "eval_every=2", "ckpt_every=2", "eval_samples=200"]
+    return base + [f"{k}={v}" for k, v in extra.items()]
+
+
+def compose(overrides: list[str]):
+    return config.compose(overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env_extra: dict | None = None):
+    """Run `ganbench ...` in a fresh process, as a user would."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "ganbench.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture
+def tmp_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,159 @@
+"""Constraints: bounded properties (SN σ ≈ 1, clip |w| ≤ c, GN |D̂| ≤ 1) and hand-computed values."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+from torch.testing import assert_close
+
+from ganbench.constraints import (
+    Constraint,
+    GradientPenaltyConstraint,
+    GradNorm,
+    GraN,
+    NoConstraint,
+    R1Constraint,
+    SpectralNorm,
+    WeightClip,
+)
+from ganbench.errors import GanbenchError
+from ganbench.losses import R1, GradientPenalty, Hinge
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "constraint"
+
+
+def mlp_D(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1), nn.Flatten(0)
+    )
+
+
+def test_none_is_identity():
+    D = mlp_D()
+    c = NoConstraint()
+    assert c.prepare(D) is D and c.wrap(D) is D and c.penalties == () and not c.has_after_d_step
+
+
+def test_clip():
+    D = mlp_D()
+    with torch.no_grad():
+        D[0].weight.mul_(100)
+    clip = WeightClip(c=0.01)
+    assert clip.has_after_d_step
+    clip.after_d_step(D)
+    assert all((p.abs() <= 0.01).all() for p in D.parameters())
+
+
+def test_sn_top_singular_value():
+    torch.manual_seed(0)
+    D = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.LeakyReLU(0.1),
+        nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 16 * 16, 1),
+    )
+    with torch.no_grad():  # make σ far from 1 before normalising
+        for m in D:
+            if hasattr(m, "weight"):
+                m.weight.mul_(7)
+    sn = SpectralNorm()
+    assert sn.prepare(D) is D
+    sn.prepare(D)  # idempotent: no double parametrization
+    D.train()
+    for _ in range(20):
+        D(torch.randn(4, 3, 8, 8))
+    for m in (D[0], D[2], D[4]):
+        assert len(m.parametrizations.weight) == 1
+        W = m.weight.detach()
+        W = W.transpose(0, 1) if isinstance(m, nn.ConvTranspose2d) else W
+        sigma = torch.linalg.matrix_norm(W.reshape(W.shape[0], -1), ord=2)
+        assert abs(sigma.item() - 1) < 0.05, (type(m).__name__, sigma)
+
+
+def test_penalty_constraints():
+    (gp,) = GradientPenaltyConstraint(weight=5.0, one_sided=True).penalties
+    assert isinstance(gp, GradientPenalty) and gp.weight == 5.0 and gp.one_sided
+    (r1,) = R1Constraint(gamma=1.0).penalties
+    assert isinstance(r1, R1) and r1.gamma == 1.0
+
+
+def input_grad_norm(Dw, x):
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(Dw(x).sum(), x)
+    return g.flatten(1).norm(dim=1)
+
+
+def test_gn_bounded_value_and_gradient():
+    D = mlp_D()
+    Dw = GradNorm().wrap(D)
+    x = 3 * torch.randn(2048, 2)
+    assert (Dw(x).abs() <= 1).all()
+    assert (input_grad_norm(Dw, x) <= 1 + 1e-4).all()
+    assert not x.requires_grad  # the caller's tensor is not mutated
+
+
+def test_gn_gradients_reach_D_and_G():
+    D = mlp_D()
+    G = nn.Linear(3, 2)
+    Dw = GradNorm().wrap(D)
+    fake = G(torch.randn(16, 3))
+    Hinge().g_loss(Dw(fake), None, None, fake).total.backward()
+    assert G.weight.grad.abs().sum() > 0 and torch.isfinite(G.weight.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in D.parameters())
+    assert D[0].weight.grad.abs().sum() > 0
+
+
+def test_gn_in_d_step_with_gp():
+    """D step: outer loss on the wrapped D plus a GP through it (triple-order graph)."""
+    D = mlp_D()
+    Dw = GradNorm().wrap(D)
+    real, fake = torch.randn(16, 2), torch.randn(16, 2)
+    total = Hinge().d_loss(Dw(real), Dw(fake), real, fake).total + GradientPenalty()(Dw, real, fake).total
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in D.parameters())
+    assert D[0].weight.grad.abs().sum() > 0
+
+
+def test_gn_under_no_grad():
+    Dw = GradNorm().wrap(mlp_D())
+    with torch.no_grad():
+        out = Dw(torch.randn(8, 2))
+    assert out.shape == (8,) and not out.requires_grad
+
+
+def test_gran_linear():
+    D = nn.Linear(2, 1)
+    with torch.no_grad():
+        D.weight.copy_(torch.tensor([[3.0, 4.0]]))  # ‖∇f‖ = 5
+        D.bias.fill_(0.5)
+    Dw = GraN(K=2.0, eps=1e-4).wrap(lambda x: D(x).squeeze(1))
+    x = torch.tensor([[1.0, 0.0], [0.0, -1.0]])  # f = [3.5, -3.5]
+    expected = torch.tensor([2 * 3.5 * 5 / (25 + 1e-4), -2 * 3.5 * 5 / (25 + 1e-4)])
+    assert_close(Dw(x), expected)
+
+
+def test_gran_gradients_flow():
+    D = mlp_D()
+    Dw = GraN().wrap(D)
+    Dw(torch.randn(16, 2)).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in D.parameters())
+
+
+def test_bad_values_raise():
+    for make in (lambda: WeightClip(c=0), lambda: GraN(eps=0), lambda: SpectralNorm(0)):
+        with pytest.raises(GanbenchError):
+            make()
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+def test_yaml_instantiates(path):
+    assert isinstance(instantiate(OmegaConf.load(path)), Constraint)
+
+
+def test_yaml_set_complete():
+    assert {p.stem for p in CONF.glob("*.yaml")} == {"none", "clip", "sn", "gp", "r1", "gn", "gran"}

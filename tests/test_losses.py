@@ -1,0 +1,223 @@
+"""Losses and penalties against hand-computed values."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+from torch.testing import assert_close
+
+from ganbench.constraints import GradientPenaltyConstraint
+from ganbench.errors import GanbenchError
+from ganbench.losses import (
+    GANQP,
+    LSGAN,
+    R1,
+    SGAN,
+    WGAN,
+    WGANGP,
+    DivergencePenalty,
+    GradientPenalty,
+    Hinge,
+    Loss,
+    LossTerms,
+    WGANDiv,
+)
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
+D_REAL, D_FAKE = [1.0, -0.5], [0.2, 2.0]
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def mean(*xs):
+    return sum(xs) / len(xs)
+
+
+def scores():
+    return torch.tensor(D_REAL), torch.tensor(D_FAKE)
+
+
+def images():
+    """Two pairs: pair 0 differs by 1 on every pixel, pair 1 by 1 on half the pixels."""
+    real = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
+    fake = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]).view(2, 1, 2, 2)
+    return real, fake
+
+
+def check(terms, expected):
+    assert isinstance(terms, LossTerms)
+    assert_close(terms.total, torch.tensor(expected))
+
+
+# (loss, expected L_D, expected L_G) for D_REAL=[1, -0.5], D_FAKE=[0.2, 2]
+CASES = {
+    "sgan": (
+        SGAN(),
+        mean(softplus(-1.0), softplus(0.5)) + mean(softplus(0.2), softplus(2.0)),
+        mean(softplus(-0.2), softplus(-2.0)),
+    ),
+    "sgan_saturating": (
+        SGAN(saturating=True),
+        mean(softplus(-1.0), softplus(0.5)) + mean(softplus(0.2), softplus(2.0)),
+        mean(math.log(1 - sigmoid(0.2)), math.log(1 - sigmoid(2.0))),
+    ),
+    "wgan": (WGAN(), 1.1 - 0.25, -1.1),
+    "wgan_gp": (WGANGP(), 1.1 - 0.25, -1.1),  # the GP term is a penalty, added by the loop
+    "wgan_div": (WGANDiv(), 1.1 - 0.25, -1.1),
+    "hinge": (Hinge(), mean(0.0, 1.5) + mean(1.2, 3.0), -1.1),
+    "lsgan": (LSGAN(), 0.5 * mean(0.0, 2.25) + 0.5 * mean(0.04, 4.0), 0.5 * mean(0.64, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_loss_values(name):
+    loss, expected_d, expected_g = CASES[name]
+    d_real, d_fake = scores()
+    real, fake = images()
+    check(loss.d_loss(d_real, d_fake, real, fake), expected_d)
+    check(loss.g_loss(d_fake, None, None, fake), expected_g)
+
+
+@pytest.mark.parametrize("norm, dist", [("l2", [1.0, math.sqrt(0.5)]), ("l1", [1.0, 0.5])])
+def test_ganqp_values(norm, dist):
+    d_real, d_fake = scores()
+    real, fake = images()
+    delta = [0.8, -2.5]
+    expected_d = mean(*(-dl + dl**2 / (2 * 10.0 * d) for dl, d in zip(delta, dist)))
+    loss = GANQP(norm=norm)
+    check(loss.d_loss(d_real, d_fake, real, fake), expected_d)
+    check(loss.g_loss(d_fake, d_real, real, fake), mean(*delta))
+    assert loss.g_uses_real and loss.uses_images
+
+
+def test_ganqp_truncates_to_smaller_batch():
+    d_real, d_fake = scores()
+    real, fake = images()
+    loss = GANQP()
+    full = loss.d_loss(d_real[:1], d_fake[:1], real[:1], fake[:1]).total
+    assert_close(loss.d_loss(d_real, d_fake[:1], real, fake[:1]).total, full)
+    assert_close(full, torch.tensor(-0.8 + 0.64 / 20))
+
+
+ALL_LOSSES = [SGAN(), SGAN(True), WGAN(), WGANGP(), Hinge(), GANQP(), GANQP(norm="l1"), WGANDiv(), LSGAN()]
+
+
+@pytest.mark.parametrize("loss", ALL_LOSSES, ids=lambda loss: type(loss).__name__)
+def test_losses_finite_and_differentiable(loss):
+    d_real = torch.randn(8, requires_grad=True)
+    d_fake = torch.randn(8, requires_grad=True)
+    real, fake = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    for terms in (loss.d_loss(d_real, d_fake, real, fake), loss.g_loss(d_fake, d_real.detach(), real, fake)):
+        assert terms.total.dim() == 0 and torch.isfinite(terms.total)
+        assert terms.parts and all(torch.isfinite(v) and v.dim() == 0 for v in terms.parts.values())
+        assert all("/" in k for k in terms.parts)
+        (grad,) = torch.autograd.grad(terms.total, d_fake)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def linear_D(*w):
+    """D(x) = w·x (flattened), no bias."""
+    D = nn.Linear(len(w), 1, bias=False)
+    with torch.no_grad():
+        D.weight.copy_(torch.tensor([w]))
+    return lambda x: D(x.flatten(1)).squeeze(1)
+
+
+def batch():
+    torch.manual_seed(0)
+    return torch.randn(16, 1, 2, 2), torch.randn(16, 1, 2, 2)
+
+
+def test_gp_linear():
+    real, fake = batch()
+    unit = linear_D(0.5, 0.5, 0.5, 0.5)  # ‖w‖ = 1
+    assert_close(GradientPenalty()(unit, real, fake).total, torch.tensor(0.0), atol=1e-6, rtol=0)
+    two = linear_D(1.0, 1.0, 1.0, 1.0)  # ‖w‖ = 2 -> 10·(2−1)²
+    terms = GradientPenalty()(two, real, fake)
+    assert_close(terms.total, torch.tensor(10.0))
+    assert_close(terms.parts["grad_norm/gp"], torch.tensor(2.0))
+    assert set(terms.parts) == {"penalty/gp", "grad_norm/gp"}
+
+
+def test_gp_one_sided():
+    real, fake = batch()
+    half = linear_D(0.25, 0.25, 0.25, 0.25)  # ‖w‖ = 0.5
+    assert_close(GradientPenalty(one_sided=True)(half, real, fake).total, torch.tensor(0.0))
+    assert_close(GradientPenalty()(half, real, fake).total, torch.tensor(10.0 * 0.25))
+    two = linear_D(1.0, 1.0, 1.0, 1.0)
+    assert_close(GradientPenalty(one_sided=True)(two, real, fake).total, torch.tensor(10.0))
+
+
+def test_r1_linear():
+    real, fake = batch()
+    terms = R1(gamma=10.0)(linear_D(1.0, 1.0, 1.0, 1.0), real, fake)
+    assert_close(terms.total, torch.tensor(10.0 / 2 * 4.0))
+    assert_close(terms.parts["penalty/r1"], torch.tensor(20.0))
+
+
+@pytest.mark.parametrize("at", ["interpolates", "real_fake"])
+def test_div_linear(at):
+    real, fake = batch()
+    terms = DivergencePenalty(k=2.0, p=6.0, at=at)(linear_D(1.0, 1.0, 1.0, 1.0), real, fake)
+    assert_close(terms.total, torch.tensor(2.0 * 2.0**6))
+    assert_close(terms.parts["grad_norm/div"], torch.tensor(2.0))
+
+
+def test_penalties_keep_graph_to_D():
+    real, fake = batch()
+    D = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), nn.Flatten(0))
+    for penalty in (GradientPenalty(), R1(), DivergencePenalty(), DivergencePenalty(at="real_fake")):
+        D.zero_grad()
+        penalty(D, real, fake).total.backward()
+        # the last bias does not move ∇ₓD, so it gets no gradient from a penalty
+        assert all(torch.isfinite(D[i].weight.grad).all() and D[i].weight.grad.abs().sum() > 0 for i in (1, 3))
+    assert not real.requires_grad and not fake.requires_grad
+
+
+def test_wgan_gp_equals_wgan_plus_gp_constraint():
+    torch.manual_seed(1)
+    D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1), nn.Flatten(0))
+    real, fake = torch.randn(32, 2), torch.randn(32, 2)
+
+    def d_total(loss, constraint_penalties):
+        torch.manual_seed(123)
+        terms = loss.d_loss(D(real), D(fake), real, fake)
+        total = terms.total
+        for penalty in loss.penalties + constraint_penalties:
+            total = total + penalty(D, real, fake).total
+        D.zero_grad()
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in D.parameters()]
+
+    a, grads_a = d_total(WGANGP(), ())
+    b, grads_b = d_total(WGAN(), GradientPenaltyConstraint().penalties)
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
+
+
+def test_bad_values_raise():
+    with pytest.raises(GanbenchError):
+        GANQP(norm="l3")
+    with pytest.raises(GanbenchError):
+        WGANDiv(at="middle")
+    with pytest.raises(GanbenchError):
+        WGANGP(weight=-1.0)
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+def test_yaml_instantiates(path):
+    assert isinstance(instantiate(OmegaConf.load(path)), Loss)
+
+
+def test_yaml_set_complete():
+    assert {p.stem for p in CONF.glob("*.yaml")} == {"sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"}
