@@ -87,18 +87,19 @@ def run_dir_of(ckpt: Path) -> Path:
 
 def load(path: Path, map_location="cpu") -> dict:
     """Load a ganbench checkpoint safely; a corrupt, foreign or code-carrying file is a GanbenchError."""
+    corrupt = GanbenchError(f"checkpoint {path} is corrupt or truncated and cannot be read; "
+                            f"use checkpoints/prev.pt or start a new run.")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
+        raise corrupt
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise GanbenchError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
-            f"(loaded with weights_only=True, so no code in it runs) ({str(e).splitlines()[0][:120]})."
+            f"(loaded with weights_only=True, so no code in it ran)."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise GanbenchError(
-            f"checkpoint {path} is corrupt or truncated and cannot be read "
-            f"({type(e).__name__}); use checkpoints/prev.pt or start a new run."
-        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
+        raise corrupt from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GanbenchError(f"{path} is not a ganbench checkpoint (no '{FORMAT}' format tag).")
     return state

@@ -49,7 +49,7 @@ def _one_line(e: Exception) -> str:
     """Hydra's multi-line messages as one sentence: unknown group option, unknown key, bad syntax."""
     from hydra.errors import MissingConfigException
 
-    text = str(e)
+    text = f"{e}\n{e.__cause__ or ''}"
     if isinstance(e, MissingConfigException):
         m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
         options = sorted(getattr(e, "options", None) or [])
@@ -59,6 +59,8 @@ def _one_line(e: Exception) -> str:
     m = re.search(r"Could not override '([^']+)'", text)
     if m and "not in struct" in text:
         return f"unknown config key '{m.group(1)}'; see `ganbench train --cfg job` for the keys there are."
+    if m:
+        return f"cannot set '{m.group(1)}': {text.split(chr(10))[-1].strip() or 'bad value'}."
     m = re.search(r"Key '([^']+)' is not in struct", text)
     if m:
         return f"unknown config key '{m.group(1)}'; see `ganbench train --cfg job` for the keys there are."

@@ -288,8 +288,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 first_bad = torch.where(ok | (first_bad >= 0), first_bad, r.step)
 
                 last = r.step == cfg.steps
+                intervals = (cfg.log_every, cfg.sample_every, cfg.eval_every, cfg.ckpt_every)
+                if last or any(r.step % k == 0 for k in intervals):
+                    check_finite()  # nothing is logged, sampled, evaluated or saved from a diverged model
                 if r.step % cfg.log_every == 0 or last:
-                    check_finite()
                     values = {k: float(v) / count for k, v in sums.items()}
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         torch.manual_seed(cfg.seed * 1_000_003 + r.step)

@@ -1,0 +1,156 @@
+"""`ganbench` as a user runs it: a fresh process, exit codes, one-line errors, signals, multirun."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import read_metrics, run_cli, tiny_overrides
+from ganbench import checkpoint
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ganbench: error: ")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_default_train_runs(tmp_cwd):
+    """`ganbench train` with the default config (mnist_mini + dcgan + hinge + sn), only shorter."""
+    proc = run_cli(["train", "steps=4", "log_every=2", "sample_every=2", "ckpt_every=2",
+                    "hydra.run.dir=outputs/run"], tmp_cwd)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_cwd / "outputs" / "run"
+    record = read_metrics(run_dir)
+    assert record["status"] == "completed" and record["step"] == 4
+    assert record["config"]["dataset"]["_target_"] == "ganbench.data.mnist_mini"
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "train.log").is_file()
+    assert (run_dir / "samples" / "step_0000004.png").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["loss=nope"], ["unknown loss 'nope'", "wgan_gp", "hinge"]),
+    (["constraint=spectral"], ["unknown constraint 'spectral'", "gran"]),
+    (["dataset=imagenet"], ["unknown dataset 'imagenet'", "mnist_mini"]),
+    (["model=biggan"], ["unknown model 'biggan'", "sngan_resnet"]),
+    (["stepz=10"], ["unknown config key 'stepz'"]),
+    (["steps=-1"], ["steps must be a positive integer"]),
+    (["steps=abc"], ["steps must be a positive integer"]),
+    (["batch_size=0"], ["batch_size must be a positive integer"]),
+    (["-m", "loss=hinge,nope"], ["unknown loss 'nope'"]),
+    (["device=tpu"], ["device must be"]),
+    (["ema_decay=1.5"], ["ema_decay"]),
+    (["optim.lr_d=-1"], ["optim.lr_d must be a positive number"]),
+    (["resume=does/not/exist"], ["does/not/exist does not exist"]),
+])
+def test_bad_config_is_one_clear_line(tmp_cwd, args, needles):
+    proc = run_cli(["train", *args], tmp_cwd)
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_cwd / "outputs").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["dataset=folder", "dataset.root=missing_dir"], ["missing_dir"]),
+    (["dataset=mnist"], ["dataset=folder"]),
+    (["model=dcgan", "dataset=grid25"], ["model=mlp"]),
+    (["dataset=grid25", "model=mlp", "device=cuda"] if not torch.cuda.is_available() else ["batch_size=20000"],
+     ["device=cuda" if not torch.cuda.is_available() else "batch_size"]),
+    (["batch_size=20000"], ["batch_size=20000 is larger than the dataset"]),
+])
+def test_bad_run_input_is_one_clear_line(tmp_cwd, args, needles):
+    proc = run_cli(["train", "steps=2", "hydra.run.dir=outputs/run", *args], tmp_cwd)
+    assert_one_line_error(proc, *needles)
+
+
+def test_corrupt_checkpoint_cli(tmp_cwd):
+    over = tiny_overrides("mlp", dataset="grid25", steps=2)
+    assert run_cli(["train", *over, "hydra.run.dir=outputs/run"], tmp_cwd).returncode == 0
+    ckpt = tmp_cwd / "outputs" / "run" / "checkpoints" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    before = {p: p.read_bytes() for p in (tmp_cwd / "outputs" / "run").rglob("*") if p.is_file()}
+    proc = run_cli(["train", "steps=4", "resume=outputs/run"], tmp_cwd)
+    assert_one_line_error(proc, "corrupt or truncated", "prev.pt")
+    after = {p: p.read_bytes() for p in (tmp_cwd / "outputs" / "run").rglob("*") if p.is_file()}
+    assert before == after  # nothing already written is lost or changed
+
+
+def test_malicious_checkpoint_is_refused(tmp_cwd):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open('pwned', 'w').write('x')",))
+
+    run_dir = tmp_cwd / "outputs" / "evil" / "checkpoints"
+    run_dir.mkdir(parents=True)
+    torch.save({"format": checkpoint.FORMAT, "step": 1, "evil": Evil()}, run_dir / "last.pt", pickle_module=pickle)
+    proc = run_cli(["train", "resume=outputs/evil", *tiny_overrides("mlp", dataset="grid25")], tmp_cwd)
+    assert_one_line_error(proc, "refused")
+    assert not (tmp_cwd / "pwned").exists()
+
+
+def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_cwd):
+    over = tiny_overrides("mlp", dataset="grid25", steps=100000, log_every=50, ckpt_every=1000000, eval_every=1000000,
+                          sample_every=1000000)
+    cmd = [sys.executable, "-m", "ganbench.cli", "train", *over, "hydra.run.dir=outputs/run"]
+    proc = subprocess.Popen(cmd, cwd=tmp_cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = tmp_cwd / "outputs" / "run"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(events.glob("events.out.tfevents.*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    state = checkpoint.load(events / "checkpoints" / "last.pt")
+    stopped_at = state["step"]
+    assert 0 < stopped_at < 100000
+    assert read_metrics(events)["status"] == "interrupted"
+    assert "resume=" in out + err
+    # Resume to a few steps past where it stopped: it finishes there, with the original settings.
+    proc = run_cli(["train", f"steps={stopped_at + 3}", "resume=outputs/run"], tmp_cwd)
+    assert proc.returncode == 0, proc.stderr
+    record = read_metrics(events)
+    assert record["status"] == "completed" and record["step"] == stopped_at + 3
+    assert record["config"]["dataset"]["_target_"] == "ganbench.data.grid25"
+
+
+def test_multirun_grid(tmp_cwd):
+    over = tiny_overrides("mlp", dataset="grid25", steps=2)
+    proc = run_cli(["train", "-m", *over, "loss=hinge,wgan_gp", "constraint=none,gn", "hydra.sweep.dir=outputs/sweep"],
+                   tmp_cwd)
+    assert proc.returncode == 0, proc.stderr
+    runs = sorted(p.parent for p in (tmp_cwd / "outputs" / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 4
+    pairs = {(read_metrics(r)["config"]["loss"]["_target_"], read_metrics(r)["config"]["constraint"]["_target_"])
+             for r in runs}
+    assert len(pairs) == 4
+
+
+def test_multirun_failing_job_does_not_stop_the_sweep(tmp_cwd):
+    over = tiny_overrides("mlp", dataset="grid25", steps=2)
+    # GAN-QP needs λ > 0: that job fails when it builds its loss, the other one runs.
+    proc = run_cli(["train", "-m", *over, "loss=ganqp", "loss.lam=10,-1", "hydra.sweep.dir=outputs/sweep"], tmp_cwd)
+    assert proc.returncode == 1
+    assert "1 job(s) of the sweep failed" in proc.stderr and "ganqp lam must be > 0" in proc.stderr
+    statuses = sorted(read_metrics(p.parent)["status"] for p in (tmp_cwd / "outputs" / "sweep").glob("*/metrics.json"))
+    assert statuses == ["completed", "failed"]
+
+
+def test_help_and_unknown_command(tmp_cwd):
+    assert run_cli([], tmp_cwd).returncode == 2
+    proc = run_cli(["frobnicate"], tmp_cwd)
+    assert_one_line_error(proc, "unknown command 'frobnicate'")
+    proc = run_cli(["train", "--help"], tmp_cwd)
+    assert proc.returncode == 0 and "loss" in proc.stdout

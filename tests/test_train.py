@@ -1,0 +1,177 @@
+"""The training loop end to end: every loss × constraint pair, logging, checkpoints, resume, NaN, equivalences."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose, read_metrics, tiny_overrides
+from ganbench import checkpoint
+from ganbench.errors import GanbenchError
+from ganbench.losses import LossTerms, WGAN
+from ganbench.train import run
+
+LOSSES = ["sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"]
+CONSTRAINTS = ["none", "clip", "sn", "gp", "r1", "gn", "gran"]
+
+
+def scalars(run_dir) -> dict[str, list]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def image_tags(run_dir) -> list[str]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return acc.Tags()["images"]
+
+
+def assert_run_ok(run_dir, steps: int):
+    record = read_metrics(run_dir)
+    assert record["status"] == "completed" and record["step"] == steps
+    tags = scalars(run_dir)
+    for tag in ("loss/d", "loss/g", "lipschitz/max", "lipschitz/real/mean", "lipschitz/fake/max",
+                "lipschitz/interp/mean", "perf/steps_per_s"):
+        assert tag in tags, tag
+    for tag in ("loss/d", "loss/g"):
+        assert [s for s, _ in tags[tag]] == list(range(1, steps + 1))
+        assert all(math.isfinite(v) for _, v in tags[tag]), (tag, tags[tag])
+    assert "samples" in image_tags(run_dir)
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert sorted(p.name for p in (run_dir / "samples").iterdir())[-1] == f"step_{steps:07d}.png"
+    return record, tags
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_pair_on_grid25(tmp_path, loss, constraint):
+    cfg = compose(tiny_overrides("mlp", steps=3, dataset="grid25", loss=loss, constraint=constraint))
+    metrics = run(cfg, tmp_path)
+    record, tags = assert_run_ok(tmp_path, 3)
+    assert set(metrics) == {"modes", "hq", "w1"} and record["metrics"] == metrics
+    assert isinstance(metrics["modes"], int) and 0 <= metrics["modes"] <= 25
+    assert 0.0 <= metrics["hq"] <= 1.0 and metrics["w1"] > 0
+    # Every named part of the loss and the penalties is logged.
+    if loss in ("wgan_gp",) or constraint == "gp":
+        assert "penalty/gp" in tags and "grad_norm/gp" in tags
+    if constraint == "r1":
+        assert "penalty/r1" in tags
+    if loss == "wgan_div":
+        assert "penalty/div" in tags
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_pair_on_mnist_mini(tmp_path, loss, constraint):
+    cfg = compose(tiny_overrides("dcgan", steps=2, loss=loss, constraint=constraint))
+    assert cfg.dataset._target_.endswith("mnist_mini")
+    run(cfg, tmp_path)
+    assert_run_ok(tmp_path, 2)
+
+
+def _weights(run_dir):
+    return checkpoint.load(run_dir / "checkpoints" / "last.pt")
+
+
+def test_wgan_gp_equals_wgan_plus_gp(tmp_path):
+    a = run(compose(tiny_overrides("mlp", steps=4, dataset="grid25", loss="wgan_gp", constraint="none")), tmp_path / "a")
+    b = run(compose(tiny_overrides("mlp", steps=4, dataset="grid25", loss="wgan", constraint="gp")), tmp_path / "b")
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for net in ("G", "D"):
+        for k in wa[net]:
+            torch.testing.assert_close(wa[net][k], wb[net][k], rtol=0, atol=0)
+    assert a == b
+
+
+def test_same_seed_same_run_and_other_seed_differs(tmp_path):
+    over = tiny_overrides("dcgan", steps=3)
+    run(compose(over), tmp_path / "a")
+    run(compose(over), tmp_path / "b")
+    run(compose(over + ["seed=1"]), tmp_path / "c")
+    wa, wb, wc = (_weights(tmp_path / n)["G"] for n in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("model,dataset", [("dcgan", "mnist_mini"), ("mlp", "ring8")])
+def test_resume_is_exact_and_logs_each_step_once(tmp_path, model, dataset):
+    over = tiny_overrides(model, dataset=dataset, ema_decay=0.9)
+    run(compose(over + ["steps=6"]), tmp_path / "straight")
+    # A run that stopped at step 4 (checkpoint at 4), then resumed to 6 from its directory.
+    run(compose(over + ["steps=4"]), tmp_path / "resumed")
+    run(compose(over + ["steps=6", f"resume={tmp_path / 'resumed'}"]), tmp_path / "resumed")
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a["step"] == b["step"] == 6
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
+    ta, tb = scalars(tmp_path / "straight"), scalars(tmp_path / "resumed")
+    assert [s for s, _ in tb["loss/d"]] == list(range(1, 7))
+    assert ta["loss/d"] == tb["loss/d"] and ta["loss/g"] == tb["loss/g"]
+    assert read_metrics(tmp_path / "straight")["metrics"] == read_metrics(tmp_path / "resumed")["metrics"]
+
+
+def test_resume_drops_events_written_after_the_checkpoint(tmp_path):
+    """A crash after step 5 with the checkpoint at 4: steps logged past 4 are purged on resume, none doubled."""
+    over = tiny_overrides("mlp", dataset="grid25", ckpt_every=4)
+    run(compose(over + ["steps=4"]), tmp_path)
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    saved = ckpt.read_bytes()
+    run(compose(over + ["steps=5", f"resume={tmp_path}"]), tmp_path)  # logs step 5 ...
+    ckpt.write_bytes(saved)  # ... then "crashes" before its checkpoint: back to step 4
+    run(compose(over + ["steps=7", f"resume={tmp_path}"]), tmp_path)
+    assert [s for s, _ in scalars(tmp_path)["loss/d"]] == list(range(1, 8))
+
+
+def test_resume_with_other_loss_is_refused(tmp_path):
+    over = tiny_overrides("mlp", dataset="grid25", steps=2)
+    run(compose(over), tmp_path)
+    with pytest.raises(GanbenchError, match="loss._target_"):
+        run(compose(over + ["loss=wgan", "steps=4", f"resume={tmp_path}"]), tmp_path / "other")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    over = tiny_overrides("mlp", dataset="grid25", steps=2)
+    run(compose(over), tmp_path)
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GanbenchError, match="corrupt or truncated"):
+        run(compose(over + ["steps=4", f"resume={tmp_path}"]), tmp_path)
+
+
+class NaNAfter(WGAN):
+    """A WGAN whose critic loss turns NaN from the 4th D step on (to test divergence handling)."""
+
+    calls = 0
+
+    def d_loss(self, d_real, d_fake, real, fake):
+        NaNAfter.calls += 1
+        terms = super().d_loss(d_real, d_fake, real, fake)
+        if NaNAfter.calls >= 4:
+            return LossTerms(terms.total * float("nan"), terms.parts)
+        return terms
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    NaNAfter.calls = 0
+    over = tiny_overrides("mlp", dataset="grid25", steps=10, log_every=3, ckpt_every=2)
+    cfg = compose(over + ["loss=wgan", "loss._target_=test_train.NaNAfter"])
+    with pytest.raises(GanbenchError, match=r"non-finite loss appeared at step 4 .*last good checkpoint \(step 2\)"):
+        run(cfg, tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["D"].values())
+    assert read_metrics(tmp_path)["status"] == "diverged"
+
+
+def test_metrics_json_layout(tmp_path):
+    run(compose(tiny_overrides("mlp", dataset="ring8", steps=4)), tmp_path)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(record) >= {"step", "metrics", "protocol", "wall_time_s", "config", "status", "history"}
+    assert record["config"]["loss"]["_target_"] == "ganbench.losses.Hinge"
+    assert [h["step"] for h in record["history"]] == [2, 4]
+    assert record["protocol"]["toy"]["samples_fake"] == 200
