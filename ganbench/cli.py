@@ -10,6 +10,7 @@ USAGE = """usage: ganbench <command> [args]
 
 commands:
   train [overrides] [-m]   train a GAN (Hydra overrides, e.g. loss=wgan_gp constraint=gn; -m for a grid)
+  report SWEEP_DIR         table (report.md/csv) and loss × constraint heatmap of a sweep [--metric NAME] [--out DIR]
 
 `ganbench train --help` lists the config groups and their options; `ganbench train --cfg job` prints the config.
 """
@@ -21,7 +22,7 @@ def _train(argv: list[str]) -> int:
     return train.main(argv)
 
 
-COMMANDS = {"train": _train}
+COMMANDS = {"train": _train, "report": lambda argv: __import__("ganbench.report", fromlist=["main"]).main(argv)}
 
 
 def main(argv: list[str] | None = None) -> int:

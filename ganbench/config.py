@@ -149,15 +149,49 @@ def prepare_argv(argv: list[str]) -> list[str]:
     for variant in _value_sets(overrides):
         cfg = compose([o for o in variant if not o.lstrip("+~").startswith("hydra.")])
         validate(cfg)
+        _check_output_dir(variant)
+    if hydra_extra:  # resuming: refuse a corrupt or mismatched checkpoint before anything is written
+        from ganbench import checkpoint
+
+        ckpt = checkpoint.find(cfg.resume)
+        check_resume_identity(checkpoint.load(ckpt).get("identity", ""), identity(cfg), ckpt)
     return flags + overrides + hydra_extra
+
+
+def _check_output_dir(overrides: list[str]) -> None:
+    """The run/sweep directory must be creatable: its nearest existing ancestor is a writable directory."""
+    import os
+
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        value = next((o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")), None)
+        path = Path(value if value else "outputs").absolute()
+        while not path.exists():
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK):
+            raise GanbenchError(f"cannot write the run output under {path} (not a writable directory); "
+                                f"set hydra.run.dir to a writable place.")
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _known_keys() -> set[str]:
+    """The top-level keys of conf/train.yaml plus the config groups."""
+    import importlib.resources
+
+    text = (importlib.resources.files(CONFIG_MODULE) / "train.yaml").read_text()
+    return set(OmegaConf.create(text).keys()) - {"defaults", "hydra"} | set(GROUPS) | {"metrics"}
+
+
 def validate(cfg: DictConfig) -> None:
     """Types and ranges of the run knobs; one sentence per problem."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise GanbenchError(f"{missing[0]} has no value and needs one: add {missing[0]}=... to the command line.")
+    unknown = sorted(set(cfg.keys()) - _known_keys())
+    if unknown:
+        raise GanbenchError(f"unknown config key '{unknown[0]}'; see `ganbench train --cfg job` for the keys there are.")
     for key in POSITIVE_INTS:
         v = cfg.get(key)
         if not _is_int(v) or v < 1:
@@ -168,6 +202,8 @@ def validate(cfg: DictConfig) -> None:
         raise GanbenchError(f"seed must be a non-negative integer, got {cfg.seed!r}.")
     if not isinstance(cfg.ema_decay, (int, float)) or isinstance(cfg.ema_decay, bool) or not 0 <= cfg.ema_decay < 1:
         raise GanbenchError(f"ema_decay must be a number in [0, 1) (0 turns EMA off), got {cfg.ema_decay!r}.")
+    if cfg.cpu_threads is not None and (not _is_int(cfg.cpu_threads) or cfg.cpu_threads < 1):
+        raise GanbenchError(f"cpu_threads must be null or a positive integer, got {cfg.cpu_threads!r}.")
     if cfg.nan_policy != "stop":
         raise GanbenchError(f"nan_policy must be 'stop', got {cfg.nan_policy!r}.")
     if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):

@@ -212,6 +212,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     t_start = time.time()
     config.validate(cfg)
     device = resolve_device(cfg.device)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     # Build everything, then restore a checkpoint if asked.

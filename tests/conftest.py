@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ganbench import config
+
+# Tiny models run fastest on one thread (several threads spin on ops this small); subprocesses get the same.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -52,8 +52,25 @@ def test_default_train_runs(tmp_cwd):
     (["ema_decay=1.5"], ["ema_decay"]),
     (["optim.lr_d=-1"], ["optim.lr_d must be a positive number"]),
     (["resume=does/not/exist"], ["does/not/exist does not exist"]),
+    (["n_dis=0"], ["n_dis must be a positive integer"]),
+    (["seed=-3"], ["seed must be a non-negative integer"]),
+    (["g_batch_size=0"], ["g_batch_size must be null or a positive integer"]),
+    (["log_every=0"], ["log_every must be a positive integer"]),
+    (["eval_samples=0"], ["eval_samples must be a positive integer"]),
+    (["batch_size=1.5"], ["batch_size must be a positive integer"]),
+    (["steps=1e3"], ["steps must be a positive integer"]),
+    (["optim.decay=cosine"], ["optim.decay must be 'none' or 'linear'"]),
+    (["nan_policy=ignore"], ["nan_policy must be 'stop'"]),
+    (["device=cuda:x"], ["device must be"]),
+    (["+stepz=3"], ["unknown config key 'stepz'"]),
+    (["optim=sgd"], ["unknown optim 'sgd'", "adam", "rmsprop"]),
+    (["loss=hinge", "loss.margin=2"], ["unknown config key 'loss.margin'"]),
+    (["steps="], ["steps must be a positive integer"]),
+    (["loss=[hinge"], ["cannot parse the overrides"]),
+    (["hydra.run.dir=a_file/run"], ["not a writable directory"]),
 ])
 def test_bad_config_is_one_clear_line(tmp_cwd, args, needles):
+    (tmp_cwd / "a_file").write_text("not a directory")
     proc = run_cli(["train", *args], tmp_cwd)
     assert_one_line_error(proc, *needles)
     assert not (tmp_cwd / "outputs").exists()  # nothing started, nothing written
@@ -66,8 +83,18 @@ def test_bad_config_is_one_clear_line(tmp_cwd, args, needles):
     (["dataset=grid25", "model=mlp", "device=cuda"] if not torch.cuda.is_available() else ["batch_size=20000"],
      ["device=cuda" if not torch.cuda.is_available() else "batch_size"]),
     (["batch_size=20000"], ["batch_size=20000 is larger than the dataset"]),
+    (["dataset=folder"], ["dataset.root"]),
+    (["dataset=folder", "dataset.root=empty_dir"], ["empty_dir"]),
+    (["dataset=folder", "dataset.root=text_only"], ["text_only"]),
+    (["dataset=cifar10"], ["dataset=folder"]),
+    (["model=sngan_cnn", "dataset=ring8"], ["model=mlp"]),
+    (["model=dcgan", "model.generator.ch=abc"], ["generator"]),
 ])
 def test_bad_run_input_is_one_clear_line(tmp_cwd, args, needles):
+    (tmp_cwd / "empty_dir").mkdir()
+    (tmp_cwd / "text_only" / "a").mkdir(parents=True)
+    for i in range(3):
+        (tmp_cwd / "text_only" / "a" / f"{i}.png").write_text("not an image")
     proc = run_cli(["train", "steps=2", "hydra.run.dir=outputs/run", *args], tmp_cwd)
     assert_one_line_error(proc, *needles)
 
@@ -154,3 +181,20 @@ def test_help_and_unknown_command(tmp_cwd):
     assert_one_line_error(proc, "unknown command 'frobnicate'")
     proc = run_cli(["train", "--help"], tmp_cwd)
     assert proc.returncode == 0 and "loss" in proc.stdout
+
+
+def test_resume_with_other_settings_changes_nothing(tmp_cwd):
+    over = tiny_overrides("mlp", dataset="grid25", steps=2)
+    assert run_cli(["train", *over, "hydra.run.dir=outputs/run"], tmp_cwd).returncode == 0
+    run_dir = tmp_cwd / "outputs" / "run"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    for bad in (["loss=wgan"], ["constraint=gn"], ["n_dis=3"], ["model.generator.hidden=64"]):
+        proc = run_cli(["train", "steps=4", "resume=outputs/run", *bad], tmp_cwd)
+        assert_one_line_error(proc, "was made with", "resume with the same settings")
+    proc = run_cli(["train", "steps=4", "resume=outputs/empty"], tmp_cwd)  # no such run
+    assert_one_line_error(proc, "does not exist")
+    (tmp_cwd / "outputs" / "empty").mkdir()
+    proc = run_cli(["train", "steps=4", "resume=outputs/empty"], tmp_cwd)  # a dir without checkpoint
+    assert_one_line_error(proc, "holds no checkpoint")
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert before == after
