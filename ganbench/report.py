@@ -237,8 +237,8 @@ def draw_heatmap(runs: list[Run], metric: str, path: Path, title: str) -> None:
         if cell["values"]:
             grid[losses.index(loss), constraints.index(constraint)] = statistics.fmean(cell["values"])
     low = lower_is_better(metric)
-    cmap = matplotlib.colormaps["viridis_r" if low else "viridis"].copy()  # brighter = better either way
-    cmap.set_bad("#dddddd")
+    # brighter = better either way; cells without a value are grey
+    cmap = matplotlib.colormaps["viridis_r" if low else "viridis"].with_extremes(bad="#dddddd")
     fig, ax = plt.subplots(figsize=(max(5.0, 2.2 + 1.5 * len(constraints)), max(3.2, 1.6 + 0.9 * len(losses))), dpi=120)
     finite = grid[np.isfinite(grid)]
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto",

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -349,8 +350,29 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
-# Failures of jobs in this process's multirun sweep, for the exit status of `ganbench train -m`.
+# Failed jobs of this process's multirun sweep, for the exit status of `ganbench train -m`.
 FAILED_JOBS: list[str] = []
+
+
+class SweepFailures(Callback):
+    """At the end of a sweep, in the main process: collect the jobs whose metrics.json says failed or diverged.
+
+    With the joblib or submitit launchers the jobs run in other processes, so only their files can tell.
+    """
+
+    def on_multirun_start(self, config, **kwargs):
+        self.t0 = time.time()
+
+    def on_multirun_end(self, config, **kwargs):
+        for path in sorted(Path(config.hydra.sweep.dir).glob("*/metrics.json")):
+            if path.stat().st_mtime < self.t0:
+                continue  # a job of an earlier sweep into the same dir
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("status") in ("failed", "diverged"):
+                FAILED_JOBS.append(f"{path.parent}: {record.get('error') or record['status']}")
 
 
 def task(cfg: DictConfig) -> dict | None:
@@ -374,9 +396,8 @@ def task(cfg: DictConfig) -> dict | None:
                   "config": OmegaConf.to_container(cfg, resolve=False)}
         text = json.dumps(record, indent=2, default=str).encode()
         checkpoint.atomic_write_bytes(run_dir / "metrics.json", lambda f: f.write(text))
-    if multirun:
+    if multirun:  # the sweep goes on; SweepFailures lists this job at its end
         log.error(f"ganbench: error: {message}")
-        FAILED_JOBS.append(f"{run_dir}: {message}")
         return None
     print(f"ganbench: error: {message}", file=sys.stderr)
     raise SystemExit(1)

@@ -1,0 +1,86 @@
+"""Paper presets (conf/experiment): each composes with its source's settings and trains for two steps on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose, read_metrics
+from ganbench import config
+from ganbench.train import run
+
+# preset: (dataset, model, loss, constraint, optimizer, {key: value} of the source's settings)
+PRESETS = {
+    "sngan_cnn_cifar10": ("cifar10", "SNGANCNN", "Hinge", "SpectralNorm", "Adam", {
+        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.5, 0.999], "optim.decay": "none",
+        "n_dis": 1, "batch_size": 64, "g_batch_size": 128, "steps": 100_000, "ema_decay": 0.0}),
+    "wgan_gp_cnn_cifar10": ("cifar10", "SNGANCNN", "WGANGP", "NoConstraint", "Adam", {
+        "optim.lr_g": 1e-4, "optim.lr_d": 1e-4, "optim.betas": [0.5, 0.9], "loss.weight": 10.0,
+        "n_dis": 5, "batch_size": 64, "g_batch_size": 64, "steps": 100_000}),
+    "wgan_clip_dcgan": ("cifar10", "DCGAN", "WGAN", "WeightClip", "RMSprop", {
+        "optim.lr_g": 5e-5, "optim.lr_d": 5e-5, "constraint.c": 0.01, "n_dis": 5, "batch_size": 64,
+        "steps": 100_000}),
+    "gngan_cnn_cifar10": ("cifar10", "SNGANCNN", "SGAN", "GradNorm", "Adam", {
+        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "optim.decay": "none",
+        "loss.saturating": False, "n_dis": 1, "batch_size": 64, "g_batch_size": 128, "steps": 200_000,
+        "ema_decay": 0.9999}),
+    "gngan_resnet_cifar10": ("cifar10", "SNGANResNet", "Hinge", "GradNorm", "Adam", {
+        "optim.lr_g": 2e-4, "optim.lr_d": 4e-4, "optim.betas": [0.0, 0.9], "optim.decay": "linear",
+        "n_dis": 5, "batch_size": 64, "g_batch_size": 128, "steps": 200_000, "ema_decay": 0.9999}),
+    "ganqp_dcgan": ("cifar10", "DCGAN", "GANQP", "NoConstraint", "Adam", {
+        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.5, 0.999], "loss.lam": 10.0, "loss.norm": "l2",
+        "n_dis": 2, "batch_size": 64}),
+    "wgan_div_dcgan": ("cifar10", "DCGAN", "WGANDiv", "NoConstraint", "Adam", {
+        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "loss.k": 2.0, "loss.p": 6.0,
+        "loss.at": "interpolates", "n_dis": 4, "batch_size": 64, "steps": 200_000}),
+}
+ALL_PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ALL_PRESETS)
+def test_every_preset_composes_and_validates(name):
+    cfg = compose([f"experiment={name}"])
+    config.validate(cfg)
+    first_line = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()[0]
+    assert first_line == "# @package _global_"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_settings(name):
+    dataset, model, loss, constraint, optim, values = PRESETS[name]
+    cfg = compose([f"experiment={name}"])
+    assert cfg.dataset._target_ == f"ganbench.data.{dataset}"
+    assert cfg.model.generator._target_ == f"ganbench.models.{model}Generator"
+    assert cfg.model.discriminator._target_ == f"ganbench.models.{model}Discriminator"
+    assert cfg.loss._target_ == f"ganbench.losses.{loss}"
+    assert cfg.constraint._target_ == f"ganbench.constraints.{constraint}"
+    assert cfg.optim.g._target_ == cfg.optim.d._target_ == f"torch.optim.{optim}"
+    for key, expected in values.items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+        assert got == expected, (key, got, expected)
+    # The optimizers really get the preset's learning rates and betas (interpolated into their nodes).
+    assert cfg.optim.g.lr == values["optim.lr_g"] and cfg.optim.d.lr == values["optim.lr_d"]
+    if "optim.betas" in values:
+        assert list(cfg.optim.d.betas) == values["optim.betas"]
+    header = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text().split("defaults:")[0]
+    assert "arXiv" in header  # the file names its source
+
+
+def test_command_line_overrides_beat_the_preset():
+    cfg = compose(["experiment=sngan_cnn_cifar10", "dataset=mnist_mini", "steps=7", "n_dis=3"])
+    assert cfg.dataset._target_ == "ganbench.data.mnist_mini"
+    assert (cfg.steps, cfg.n_dis, cfg.g_batch_size) == (7, 3, 128)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_trains_two_steps(tmp_path, name):
+    """Each preset's own models, loss, constraint, optimizer and schedule, shrunk: tiny widths, mnist_mini, CPU."""
+    cfg = compose([f"experiment={name}", "dataset=mnist_mini", "model.generator.ch=8", "model.discriminator.ch=8",
+                   "device=cpu", "batch_size=8", "g_batch_size=8", "steps=2", "progress=false", "log_every=1",
+                   "sample_every=2", "eval_every=2", "ckpt_every=2"])
+    run(cfg, tmp_path)
+    record = read_metrics(tmp_path)
+    assert record["status"] == "completed" and record["step"] == 2
+    assert record["config"]["loss"]["_target_"] == cfg.loss._target_
+    assert record["config"]["n_dis"] == PRESETS[name][5]["n_dis"]
