@@ -10,6 +10,12 @@ USAGE = """usage: ganbench <command> [args]
 
 commands:
   train [overrides] [-m]   train a GAN (Hydra overrides, e.g. loss=wgan_gp constraint=gn; -m for a grid)
+  eval RUN_DIR [--checkpoint last|best|PATH] [metrics.KEY=VALUE ...]
+                           image metrics of a run's generator (fd_classifier; fid, kid) into its metrics.json
+  sample RUN_DIR --n N --out DIR [--checkpoint ...] [--seed S]
+                           write N generated PNGs and grid.png
+  features fit [dataset=NAME]
+                           train/cache the fd_classifier feature net and print its test accuracy
   report SWEEP_DIR         table (report.md/csv) and loss × constraint heatmap of a sweep [--metric NAME] [--out DIR]
 
 `ganbench train --help` lists the config groups and their options; `ganbench train --cfg job` prints the config.
@@ -22,7 +28,11 @@ def _train(argv: list[str]) -> int:
     return train.main(argv)
 
 
-COMMANDS = {"train": _train, "report": lambda argv: __import__("ganbench.report", fromlist=["main"]).main(argv)}
+COMMANDS = {"train": _train, "report": lambda argv: __import__("ganbench.report", fromlist=["main"]).main(argv),
+            "eval": lambda argv: __import__("ganbench.evaluate", fromlist=["eval_main"]).eval_main(argv),
+            "sample": lambda argv: __import__("ganbench.evaluate", fromlist=["sample_main"]).sample_main(argv),
+            "features": lambda argv: __import__("ganbench.metrics.classifier",
+                                                fromlist=["features_main"]).features_main(argv)}
 
 
 def main(argv: list[str] | None = None) -> int:

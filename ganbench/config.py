@@ -216,6 +216,9 @@ def validate(cfg: DictConfig) -> None:
             raise GanbenchError(f"optim.{key} must be a positive number, got {v!r}.")
     if cfg.optim.get("decay") not in ("none", "linear"):
         raise GanbenchError(f"optim.decay must be 'none' or 'linear', got {cfg.optim.get('decay')!r}.")
+    from ganbench.metrics.image import check_config
+
+    check_config(cfg.metrics)
 
 
 def _flatten(node, prefix: str = "") -> dict:

@@ -10,6 +10,8 @@ import copy
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -149,33 +151,41 @@ def generate(G: torch.nn.Module, z: torch.Tensor, batch: int = 500) -> torch.Ten
     return out
 
 
-def evaluate(run: Run) -> dict:
-    """Metrics of the sampling generator (EMA if on). 2D toys: modes, hq, w1 (PacGAN protocol)."""
-    dataset, G = run.dataset, run.G_ema if run.G_ema is not None else run.G
-    if not hasattr(dataset, "centers"):
-        return {}
-    from ganbench.metrics.toy2d import toy_metrics
+def evaluate(run: Run) -> tuple[dict, dict]:
+    """Metrics of the sampling generator (EMA if on) and their protocol.
 
-    n = run.cfg.eval_samples
-    # Evaluation randomness is seeded by (seed, step) in a forked RNG: logging never changes the trajectory.
+    2D toys: modes, hq, w1 (PacGAN protocol). Images: ``metrics.names`` (fd_classifier by default; fid, kid).
+    Evaluation randomness is seeded by (seed, step) in a forked RNG: evaluating never changes the training trajectory.
+    """
+    dataset, G = run.dataset, run.G_ema if run.G_ema is not None else run.G
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         torch.manual_seed(run.cfg.seed * 1_000_003 + run.step)
+        if not hasattr(dataset, "centers"):
+            from ganbench.metrics.image import evaluate_images
+
+            return evaluate_images(lambda n: generate(G, G.sample_z(n, device=run.device)), dataset,
+                                   run.cfg.metrics, run.device)
+        from ganbench.metrics.toy2d import toy_metrics
+
+        n = run.cfg.eval_samples
         fake = generate(G, G.sample_z(n, device=run.device))
         real = dataset.sample(n)
-    return toy_metrics(fake.cpu(), real.cpu(), dataset.centers.cpu(), dataset.std)
+    protocol = {"toy": {"samples_fake": n, "samples_real": n, "high_quality": "within 3 std of the nearest mode centre",
+                        "modes": "centres nearest to at least one high-quality sample (VEEGAN/PacGAN)",
+                        "w1": "exact EMD (POT ot.emd2), Euclidean cost", "generator": "ema" if run.G_ema else "G"}}
+    return toy_metrics(fake.cpu(), real.cpu(), dataset.centers.cpu(), dataset.std), protocol
 
 
-def toy_protocol(run: Run) -> dict:
-    if not hasattr(run.dataset, "centers"):
-        return {}
-    return {"toy": {"samples_fake": run.cfg.eval_samples, "samples_real": run.cfg.eval_samples,
-                    "high_quality": "within 3 std of the nearest mode centre",
-                    "w1": "exact EMD (POT ot.emd2), Euclidean cost", "generator": "ema" if run.G_ema else "G"}}
+def primary_metric(cfg: DictConfig, metrics: dict) -> str | None:
+    """The metric that ranks checkpoints (lower is better): w1 on 2D toys, metrics.primary on images."""
+    name = "w1" if "w1" in metrics else cfg.metrics.primary
+    return name if name in metrics and math.isfinite(metrics[name]) else None
 
 
-def write_metrics(run: Run, run_dir: Path, status: str, metrics: dict, wall_time: float, error: str | None = None):
+def write_metrics(run: Run, run_dir: Path, status: str, metrics: dict, protocol: dict, wall_time: float,
+                  error: str | None = None):
     record = {
-        "step": run.step, "status": status, "metrics": metrics, "protocol": toy_protocol(run),
+        "step": run.step, "status": status, "metrics": metrics, "protocol": protocol,
         "wall_time_s": round(wall_time, 3), "history": run.history,
         "config": OmegaConf.to_container(run.cfg, resolve=True),
     }
@@ -246,6 +256,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     last_good = r.step
     metrics: dict = r.history[-1]["metrics"] if r.history else {}
+    protocol: dict = {}
     status, error, exit_code = "failed", None, 0
     t_interval, step_interval = time.perf_counter(), r.step
 
@@ -313,15 +324,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 if r.step % cfg.sample_every == 0 or last:
                     sampler = r.G_ema if r.G_ema is not None else r.G
                     tb.samples(generate(sampler, r.z_fixed), r.step, getattr(r.dataset, "centers", None))
+                new_best = False
                 if r.step % cfg.eval_every == 0 or last:
-                    metrics = evaluate(r)
+                    metrics, new_protocol = evaluate(r)
+                    if new_protocol != protocol:
+                        protocol = new_protocol
+                        tb.text("protocol", "```\n" + json.dumps(protocol, indent=2) + "\n```", r.step)
                     if metrics:
                         r.history.append({"step": r.step, "metrics": metrics})
                         tb.scalars({f"metrics/{k}": v for k, v in metrics.items()}, r.step)
                         log.info(f"step {r.step}: " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-                        write_metrics(r, run_dir, "running", metrics, time.time() - t_start)
-                if r.step % cfg.ckpt_every == 0 or last:
+                        key = primary_metric(cfg, metrics)
+                        new_best = key is not None and all(
+                            h["metrics"].get(key, math.inf) >= metrics[key] for h in r.history[:-1])
+                        write_metrics(r, run_dir, "running", metrics, protocol, time.time() - t_start)
+                if r.step % cfg.ckpt_every == 0 or last or new_best:
                     save_checkpoint()
+                if new_best:  # the best checkpoint by the primary metric, for `ganbench eval --checkpoint best`
+                    shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / ".best.pt.tmp")
+                    os.replace(ckpt_dir / ".best.pt.tmp", ckpt_dir / "best.pt")
                 if stop.signum is not None:
                     break
             status = "completed"
@@ -341,7 +362,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             raise
         finally:
             progress.close()
-            write_metrics(r, run_dir, status, metrics, time.time() - t_start, error)
+            write_metrics(r, run_dir, status, metrics, protocol, time.time() - t_start, error)
             if status == "completed":
                 tb.hparams(config.hparams(cfg), metrics)
             tb.close()

