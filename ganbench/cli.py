@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from ganbench.errors import GanbenchError
@@ -22,17 +23,14 @@ commands:
 """
 
 
-def _train(argv: list[str]) -> int:
-    from ganbench import train
-
-    return train.main(argv)
-
-
-COMMANDS = {"train": _train, "report": lambda argv: __import__("ganbench.report", fromlist=["main"]).main(argv),
-            "eval": lambda argv: __import__("ganbench.evaluate", fromlist=["eval_main"]).eval_main(argv),
-            "sample": lambda argv: __import__("ganbench.evaluate", fromlist=["sample_main"]).sample_main(argv),
-            "features": lambda argv: __import__("ganbench.metrics.classifier",
-                                                fromlist=["features_main"]).features_main(argv)}
+# command -> (module, function); imported only when the command runs, so `ganbench --help` stays fast.
+COMMANDS = {
+    "train": ("ganbench.train", "main"),
+    "eval": ("ganbench.evaluate", "eval_main"),
+    "sample": ("ganbench.evaluate", "sample_main"),
+    "features": ("ganbench.metrics.classifier", "features_main"),
+    "report": ("ganbench.report", "main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return COMMANDS[command](rest)
+        module, function = COMMANDS[command]
+        return getattr(importlib.import_module(module), function)(rest)
     except GanbenchError as e:
         print(f"ganbench: error: {e}", file=sys.stderr)
         return 2
