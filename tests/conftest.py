@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "mlp": ["model.generator.hidden=32", "model.discriminator.hidden=32"],
     "dcgan": ["model.generator.ch=8", "model.discriminator.ch=8"],
+    "dcgan_small": ["model.generator.ch=8", "model.discriminator.ch=8"],
     "sngan_cnn": ["model.generator.ch=16", "model.discriminator.ch=8"],
     "sngan_resnet": ["model.generator.ch=16", "model.discriminator.ch=16"],
 }

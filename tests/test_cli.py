@@ -26,7 +26,7 @@ def assert_one_line_error(proc, *needles):
 
 def test_default_train_runs(tmp_cwd):
     """`ganbench train` with the default config (mnist_mini + dcgan + hinge + sn), only shorter."""
-    proc = run_cli(["train", "steps=4", "log_every=2", "sample_every=2", "ckpt_every=2",
+    proc = run_cli(["train", "steps=4", "log_every=2", "sample_every=2", "ckpt_every=2", "metrics.num_fake=500",
                     "hydra.run.dir=outputs/run"], tmp_cwd)
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_cwd / "outputs" / "run"
