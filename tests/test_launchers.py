@@ -44,3 +44,21 @@ def test_failing_job_does_not_stop_a_launched_sweep(tmp_cwd, launcher):
         pytest.xfail("the jobs ran in other processes, so train.FAILED_JOBS of the main process stayed empty")
     assert proc.returncode == 1
     assert "1 job(s) of the sweep failed" in proc.stderr and "ganqp lam must be > 0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_every_launcher_gives_the_same_table(tmp_cwd):
+    """The same 2×2 grid through the basic launcher, joblib (2 jobs) and submitit's local executor: same numbers."""
+    from ganbench.report import main as report_main
+
+    grid = [*tiny_overrides("mlp", dataset="grid25", steps=4), "loss=hinge,wgan", "constraint=none,gn"]
+    tables = {}
+    for name, launcher in {"basic": [], **LAUNCHERS}.items():
+        proc = run_cli(["train", "-m", *grid, *launcher, f"hydra.sweep.dir={name}"], tmp_cwd)
+        assert proc.returncode == 0, proc.stderr
+        assert report_main([str(tmp_cwd / name)]) == 0
+        tables[name] = {p.parent.name: (read_metrics(p.parent)["step"], read_metrics(p.parent)["metrics"])
+                        for p in (tmp_cwd / name).glob("*/metrics.json")}
+        assert (tmp_cwd / name / "report.csv").is_file()
+    assert len(tables["basic"]) == 4
+    assert tables["joblib"] == tables["basic"] and tables["submitit_local"] == tables["basic"]
