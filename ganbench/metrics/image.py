@@ -1,4 +1,5 @@
-"""Image metrics for the training loop and `ganbench eval`: ``fd_classifier`` (default), ``fid``, ``kid``.
+"""Image metrics for the training loop and `ganbench eval`: ``fd_classifier`` (default), ``prc_classifier``, ``fid``,
+``kid``.
 
 :func:`evaluate_images` draws ``num_fake`` images once, quantises them to uint8 exactly like the real images are
 stored, and feeds both through each metric's feature net. Reference statistics of the real images (and, for KID,
@@ -31,7 +32,8 @@ from ganbench.metrics.frechet import Stats, feature_stats, frechet_distance_stat
 
 log = logging.getLogger("ganbench")
 
-METRICS = ("fd_classifier", "fid", "kid")
+METRICS = ("fd_classifier", "prc_classifier", "fid", "kid")
+RANKING = ("fd_classifier", "fid", "kid")  # lower is better: these can be metrics.primary
 REAL_SUBSET_SEED = 0
 _WARNED: set[str] = set()  # skip reasons already logged as warnings in this process
 
@@ -80,6 +82,9 @@ def check_config(mcfg: DictConfig) -> None:
         raise GanbenchError(f"unknown metric '{bad[0]}' in metrics.names; choose from: {', '.join(METRICS)}.")
     if names and mcfg.primary is not None and mcfg.primary not in names:
         raise GanbenchError(f"metrics.primary={mcfg.primary} is not in metrics.names={names}.")
+    if mcfg.primary is not None and mcfg.primary not in RANKING:
+        raise GanbenchError(f"metrics.primary={mcfg.primary} cannot rank checkpoints; choose one of "
+                            f"{', '.join(RANKING)} (lower is better).")
     for key in ("num_fake", "batch"):
         v = mcfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < 2:
@@ -170,19 +175,30 @@ def _real_protocol(real: ImageDataset, split: str, num_real: int | None, num_fak
 # ---------------------------------------------------------------------------------------------------- metrics
 
 
-def _fd_classifier(fake, dataset, real, mcfg, device) -> tuple[dict, dict]:
+def _classifier(fake, dataset, real, names, mcfg, device) -> tuple[dict, dict]:
+    """fd_classifier and/or prc_classifier: both on the penultimate features of the dataset's own classifier."""
     from ganbench.metrics.classifier import feature_net
+    from ganbench.metrics.prc import precision_recall
 
     net = feature_net(dataset, int(mcfg.classifier_seed))
     extract = lambda images: net.features(images, device, int(mcfg.batch))  # noqa: E731
-    ref, _ = _reference(real, mcfg.num_real, net.key, extract, need_features=False)
-    value = frechet_distance_stats(feature_stats(extract(fake)), ref)
-    protocol = {"feature_net": f"{net.name} trained on {net.dataset}, seed {net.seed}",
-                "weights_sha256": net.sha256[:12], "feature_net_test_accuracy": net.test_accuracy,
-                **_real_protocol(real, mcfg.split, mcfg.num_real, len(fake)),
-                "resize": f"none ({'x'.join(str(s) for s in dataset.shape[1:])} input)",
-                "note": "Frechet distance in a small CNN's feature space; not FID, not comparable with FID"}
-    return {"fd_classifier": value}, {"fd_classifier": protocol}
+    ref, ref_feats = _reference(real, mcfg.num_real, net.key, extract, need_features="prc_classifier" in names)
+    fake_feats = extract(fake)
+    base = {"feature_net": f"{net.name} trained on {net.dataset}, seed {net.seed}",
+            "weights_sha256": net.sha256[:12], "feature_net_test_accuracy": net.test_accuracy,
+            **_real_protocol(real, mcfg.split, mcfg.num_real, len(fake)),
+            "resize": f"none ({'x'.join(str(s) for s in dataset.shape[1:])} input)"}
+    values, protocol = {}, {}
+    if "fd_classifier" in names:
+        values["fd_classifier"] = frechet_distance_stats(feature_stats(fake_feats), ref)
+        protocol["fd_classifier"] = {**base, "note": "Frechet distance in a small CNN's feature space; not FID, "
+                                                     "not comparable with FID"}
+    if "prc_classifier" in names:
+        values["precision_classifier"], values["recall_classifier"] = precision_recall(ref_feats, fake_feats, k=3)
+        protocol["prc_classifier"] = {**base, "k": 3, "method": "improved precision/recall, Kynkaanniemi et al. "
+                                      "2019 (arXiv 1904.06991), in the classifier's feature space (the paper uses "
+                                      "VGG-16): not comparable with published values"}
+    return values, protocol
 
 
 def _inception(fake, real, names, mcfg, device) -> tuple[dict, dict]:
@@ -253,21 +269,22 @@ def evaluate_images(sample_fn, dataset, mcfg, device, real: ImageDataset | None 
         except Exception as e:
             skip(inception_names, e)
             inception_names = []
-    if "fd_classifier" not in names and not inception_names:
+    classifier_names = [n for n in names if n in ("fd_classifier", "prc_classifier")]
+    if not classifier_names and not inception_names:
         return metrics, protocol
 
     t0 = time.perf_counter()
     fake = sample_uint8(sample_fn, int(mcfg.num_fake), int(mcfg.batch))
     log.debug("sampled %d images in %.1f s", len(fake), time.perf_counter() - t0)
-    if "fd_classifier" in names:
+    if classifier_names:
         t0 = time.perf_counter()
         try:
-            values, proto = _fd_classifier(fake, dataset, real, mcfg, device)
+            values, proto = _classifier(fake, dataset, real, classifier_names, mcfg, device)
             metrics.update(values)
             protocol.update(proto)
-            log.debug("fd_classifier in %.1f s", time.perf_counter() - t0)
+            log.debug("%s in %.1f s", "/".join(classifier_names), time.perf_counter() - t0)
         except Exception as e:
-            skip(["fd_classifier"], e)
+            skip(classifier_names, e)
     if inception_names:
         t0 = time.perf_counter()
         try:

