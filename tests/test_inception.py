@@ -169,3 +169,23 @@ def test_fid_of_two_folders_equals_torch_fidelity(tmp_path, monkeypatch):
         feature_extractor_weights_path=str(fidelity_weights), batch_size=20)["frechet_inception_distance"]
     assert ours > 50  # two clearly different folders: a number far from 0, so 1e-3 relative means something
     assert abs(ours - theirs) <= 1e-3 * abs(theirs), (ours, theirs)
+
+
+@needs_weights
+def test_fid_benchmark_script_runs_both_sides(capsys):
+    pytest.importorskip("torch_fidelity")
+    sys_path = str(Path(__file__).resolve().parents[1] / "scripts")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    try:
+        import bench_fid
+    finally:
+        sys.path.remove(sys_path)
+    assert bench_fid.main(["--n", "8", "--batch", "4", "--fidelity-batch", "4", "--weights", str(WEIGHTS),
+                           "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    fids = [float(line.split("FID")[1]) for line in out.splitlines() if " FID " in line]
+    assert len(fids) == 3 and all(math.isfinite(f) and f > 0 for f in fids)
+    assert fids[0] == pytest.approx(fids[1], rel=1e-9)  # warm (cached reference) == cold: same seed, same images
+    assert "ratio torch-fidelity / ganbench warm" in out
