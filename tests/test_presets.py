@@ -78,9 +78,12 @@ def test_preset_trains_two_steps(tmp_path, name):
     """Each preset's own models, loss, constraint, optimizer and schedule, shrunk: tiny widths, mnist_mini, CPU."""
     cfg = compose([f"experiment={name}", "dataset=mnist_mini", "model.generator.ch=8", "model.discriminator.ch=8",
                    "device=cpu", "batch_size=8", "g_batch_size=8", "steps=2", "progress=false", "log_every=1",
-                   "sample_every=2", "eval_every=2", "ckpt_every=2"])
+                   "sample_every=2", "eval_every=2", "ckpt_every=2",
+                   "metrics.num_fake=16", "metrics.num_real=16"])  # the CIFAR presets' FID: Inception on a CPU
     run(cfg, tmp_path)
     record = read_metrics(tmp_path)
     assert record["status"] == "completed" and record["step"] == 2
     assert record["config"]["loss"]["_target_"] == cfg.loss._target_
     assert record["config"]["n_dis"] == PRESETS[name][5]["n_dis"]
+    for metric in record["config"]["metrics"]["names"]:  # every metric ran, or says why it was skipped
+        assert metric in record["metrics"] or "skipped" in record["protocol"][metric], (metric, record["protocol"])
