@@ -189,3 +189,40 @@ def test_fid_benchmark_script_runs_both_sides(capsys):
     assert len(fids) == 3 and all(math.isfinite(f) and f > 0 for f in fids)
     assert fids[0] == pytest.approx(fids[1], rel=1e-9)  # warm (cached reference) == cold: same seed, same images
     assert "ratio torch-fidelity / ganbench warm" in out
+
+
+@needs_weights
+def test_inception_score_is_skipped_without_logits_and_wired_with_them(tmp_path, monkeypatch):
+    """IS needs logits: skipped with one clear line for the TorchScript file; with torch-fidelity's format it runs.
+
+    The real .pth cannot be downloaded here, so the wiring is checked with the same network converted to that
+    format, whose classifier layer is zero (the TorchScript file has none): every image gets the uniform
+    distribution over the 1008 classes, and the Inception Score of uniform predictions is exactly 1.
+    """
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setenv("GANBENCH_CACHE", str(tmp_path / "cache"))
+    fakes = mnist_mini(split="test").images[:20]
+
+    def sample_fn(n):
+        return fakes[:n].float() / 127.5 - 1
+
+    net = inception.InceptionFeatures(WEIGHTS)
+    if net.torchscript:
+        mcfg = metrics_config(None, ["metrics.names=[is]", "metrics.primary=null", "metrics.num_fake=20",
+                                     f"metrics.inception_weights={WEIGHTS}"])
+        metrics, protocol = evaluate_images(sample_fn, mnist_mini(), mcfg, "cpu")
+        assert metrics == {} and "needs the classifier logits" in protocol["is"]["skipped"]
+        converted = tmp_path / "converted.pth"
+        torch.save(inception.fidelity_state_dict_from_torchscript(net.net), converted)
+        monkeypatch.setitem(inception.KNOWN_WEIGHTS, inception.sha256_file(converted), "test: converted, fc = 0")
+        mcfg = metrics_config(None, ["metrics.names=[is,fid]", "metrics.primary=fid", "metrics.num_fake=20",
+                                     "metrics.num_real=20", f"metrics.inception_weights={converted}"])
+        metrics, protocol = evaluate_images(sample_fn, mnist_mini(), mcfg, "cpu")
+        assert metrics["is"] == pytest.approx(1.0, abs=1e-9) and metrics["is_std"] == pytest.approx(0, abs=1e-9)
+        assert protocol["is"]["is_splits"] == 10 and protocol["is"]["num_fake"] == 20
+        assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
+    else:  # torch-fidelity's own weights: a real Inception Score (digits: low, but above the uniform 1)
+        mcfg = metrics_config(None, ["metrics.names=[is]", "metrics.primary=null", "metrics.num_fake=20",
+                                     f"metrics.inception_weights={WEIGHTS}"])
+        metrics, _ = evaluate_images(sample_fn, mnist_mini(), mcfg, "cpu")
+        assert 1.0 < metrics["is"] < 1008

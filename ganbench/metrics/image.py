@@ -1,5 +1,5 @@
 """Image metrics for the training loop and `ganbench eval`: ``fd_classifier`` (default), ``prc_classifier``, ``fid``,
-``kid``.
+``kid``, ``is`` (Inception Score: needs the logits, i.e. torch-fidelity's .pth weights).
 
 :func:`evaluate_images` draws ``num_fake`` images once, quantises them to uint8 exactly like the real images are
 stored, and feeds both through each metric's feature net. Reference statistics of the real images (and, for KID,
@@ -32,7 +32,7 @@ from ganbench.metrics.frechet import Stats, feature_stats, frechet_distance_stat
 
 log = logging.getLogger("ganbench")
 
-METRICS = ("fd_classifier", "prc_classifier", "fid", "kid")
+METRICS = ("fd_classifier", "prc_classifier", "fid", "kid", "is")
 RANKING = ("fd_classifier", "fid", "kid")  # lower is better: these can be metrics.primary
 REAL_SUBSET_SEED = 0
 _WARNED: set[str] = set()  # skip reasons already logged as warnings in this process
@@ -208,11 +208,27 @@ def _inception(fake, real, names, mcfg, device) -> tuple[dict, dict]:
     net = inception.InceptionFeatures(weights, device)
     batch = min(int(mcfg.batch), 100)  # 100 × 3 × 299² floats per forward pass is plenty
     extract = lambda images: net.features(images, batch)  # noqa: E731
-    ref, ref_feats = _reference(real, mcfg.num_real, net.key, extract, need_features="kid" in names)
-    fake_feats = extract(fake)
+    values, protocol = {}, {}
+    if "is" in names and not net.has_logits:
+        reason = (f"Inception Score needs the classifier logits, which {net.path.name} ({net.source}) does not "
+                  f"have; use torch-fidelity's {inception.FIDELITY_FILE} (downloaded when online, or "
+                  f"metrics.inception_weights=PATH).")
+        protocol["is"] = {"skipped": reason}
+        log.log(logging.DEBUG if reason in _WARNED else logging.WARNING, "is skipped: %s", reason)
+        _WARNED.add(reason)
+        names = [n for n in names if n != "is"]
+    fake_feats, fake_logits = net.features_and_logits(fake, batch)
     base = {"feature_net": f"{inception.FEATURE_NET} from {net.source}", "weights_sha256": net.sha256[:12],
             **_real_protocol(real, mcfg.split, mcfg.num_real, len(fake)), "resize": inception.RESIZE}
-    values, protocol = {}, {}
+    if "is" in names:
+        values["is"], values["is_std"] = inception.inception_score(fake_logits)
+        protocol["is"] = {"feature_net": base["feature_net"].replace("pool3 2048-d", "1008 logits"),
+                          "weights_sha256": base["weights_sha256"], "num_fake": len(fake), "resize": base["resize"],
+                          "is_splits": inception.IS_SPLITS, "is_seed": inception.IS_SEED,
+                          "fake_quantization": base["fake_quantization"]}
+    if not any(n in names for n in ("fid", "kid")):
+        return values, protocol
+    ref, ref_feats = _reference(real, mcfg.num_real, net.key, extract, need_features="kid" in names)
     if "fid" in names:
         values["fid"] = frechet_distance_stats(feature_stats(fake_feats), ref)
         protocol["fid"] = dict(base)
@@ -259,7 +275,7 @@ def evaluate_images(sample_fn, dataset, mcfg, device, real: ImageDataset | None 
         return metrics, protocol
 
     # Which families can run, decided before any image is generated.
-    inception_names = [n for n in names if n in ("fid", "kid")]
+    inception_names = [n for n in names if n in ("fid", "kid", "is")]
     if inception_names:
         try:
             from ganbench.metrics import inception

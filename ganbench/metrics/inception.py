@@ -165,14 +165,15 @@ def _fidelity_extractor_class():
     return _Skeleton
 
 
-def fidelity_extractor(state_dict: dict, device="cpu"):
-    """torch-fidelity's ``FeatureExtractorInceptionV3`` (2048-d features) holding ``state_dict``."""
+def fidelity_extractor(state_dict: dict, device="cpu", outputs=("2048",)):
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` holding ``state_dict``; ``outputs``: its feature names
+    (``"2048"`` pool features, ``"logits_unbiased"`` the 1008 logits that Inception Score uses)."""
     _require_fidelity()
     skeleton = _fidelity_extractor_class()
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.pth"
         torch.save({}, empty)  # its constructor insists on loading a file; ours is empty, the weights come next
-        net = skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+        net = skeleton("inception-v3-compat", list(outputs), feature_extractor_weights_path=str(empty))
     net.load_state_dict(state_dict)
     return net.to(device).eval().requires_grad_(False)
 
@@ -243,7 +244,12 @@ class InceptionFeatures:
             except pickle.UnpicklingError:
                 raise GanbenchError(f"{self.path} holds objects other than tensors; refused (weights_only=True).") \
                     from None
-            self.net = fidelity_extractor(state, self.device)
+            self.net = fidelity_extractor(state, self.device, outputs=("2048", "logits_unbiased"))
+
+    @property
+    def has_logits(self) -> bool:
+        """Inception Score needs the classifier logits: torch-fidelity's .pth has them, default_1.pt does not."""
+        return not self.torchscript
 
     @property
     def key(self) -> str:
@@ -251,9 +257,13 @@ class InceptionFeatures:
 
     def features(self, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
         """(N, 2048) float32 CPU features of uint8 images (N, 1 or 3, H, W)."""
+        return self.features_and_logits(images, batch)[0]
+
+    def features_and_logits(self, images: torch.Tensor, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 2048) features and (N, 1008) logits (None without :attr:`has_logits`), float32 on the CPU."""
         if images.dtype != torch.uint8:
             raise GanbenchError(f"Inception features take uint8 images, got {images.dtype}.")
-        out = []
+        feats, logits = [], []
         with torch.no_grad():
             for chunk in images.split(batch):
                 x = chunk.to(self.device)
@@ -262,9 +272,25 @@ class InceptionFeatures:
                 if self.torchscript:
                     f = self.net((tf1_resize_299(x) - 128) / 128)
                 else:
-                    (f,) = self.net(x.contiguous())
-                out.append(f.reshape(len(x), -1).float().cpu())
-        return torch.cat(out)
+                    f, z = self.net(x.contiguous())
+                    logits.append(z.float().cpu())
+                feats.append(f.reshape(len(x), -1).float().cpu())
+        return torch.cat(feats), (torch.cat(logits) if logits else None)
+
+
+IS_SPLITS, IS_SEED = 10, 2020
+
+
+def inception_score(logits: torch.Tensor) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016, arXiv 1606.03498) of (N, 1008) logits: mean and std over 10 splits,
+    torch-fidelity's ``isc_features_to_metric`` (shuffled with seed 2020)."""
+    _require_fidelity()
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+    if len(logits) < IS_SPLITS:
+        raise GanbenchError(f"Inception Score needs at least {IS_SPLITS} images, got {len(logits)}.")
+    out = isc_features_to_metric(logits, splits=IS_SPLITS, shuffle=True, rng_seed=IS_SEED)
+    return float(out[KEY_METRIC_ISC_MEAN]), float(out[KEY_METRIC_ISC_STD])
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor) -> tuple[float, float, int]:
