@@ -164,7 +164,7 @@ def test_metrics_config_errors_are_one_sentence():
     assert list(cfg.names) == ["fd_classifier"] and cfg.primary == "fd_classifier" and cfg.num_fake == 10000
     assert cfg.num_real is None and cfg.split == "train" and cfg.inception_weights is None
     for overrides, needle in [(["metrics.nope=1"], "unknown config key 'metrics.nope'"),
-                              (["metrics.names=[fid,is]"], "unknown metric 'is'"),
+                              (["metrics.names=[fid,isc]"], "unknown metric 'isc'"),
                               (["metrics.num_fake=0"], "metrics.num_fake must be"),
                               (["metrics.split=val"], "metrics.split must be"),
                               (["metrics.names=[fid]"], "metrics.primary=fd_classifier is not in"),
