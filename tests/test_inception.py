@@ -86,12 +86,16 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
 
 
 @needs_weights
-def test_torchscript_weights_match_torch_fidelity_extractor():
+def test_weights_file_features_match_torch_fidelity_extractor():
     pytest.importorskip("torch_fidelity")
     net = inception.InceptionFeatures(WEIGHTS)
-    if not net.torchscript:
-        pytest.skip("the weights file is torch-fidelity's own .pth; nothing to compare")
-    reference = inception.fidelity_extractor(inception.fidelity_state_dict_from_torchscript(net.net))
+    if net.torchscript:  # fid-helper's TorchScript vs torch-fidelity's network holding the same weights
+        reference = inception.fidelity_extractor(inception.fidelity_state_dict_from_torchscript(net.net))
+    else:  # torch-fidelity's own .pth, loaded by torch-fidelity's own constructor
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        reference = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                feature_extractor_weights_path=str(WEIGHTS)).eval()
     gray = mnist_mini(split="test").images[:6]
     colour = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     for images in (gray, colour):
