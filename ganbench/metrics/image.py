@@ -217,6 +217,8 @@ def _inception(fake, real, names, mcfg, device) -> tuple[dict, dict]:
         log.log(logging.DEBUG if reason in _WARNED else logging.WARNING, "is skipped: %s", reason)
         _WARNED.add(reason)
         names = [n for n in names if n != "is"]
+        if not names:
+            return values, protocol
     fake_feats, fake_logits = net.features_and_logits(fake, batch)
     base = {"feature_net": f"{inception.FEATURE_NET} from {net.source}", "weights_sha256": net.sha256[:12],
             **_real_protocol(real, mcfg.split, mcfg.num_real, len(fake)), "resize": inception.RESIZE}
