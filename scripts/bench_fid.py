@@ -123,11 +123,7 @@ def main(argv=None) -> int:
             import torch_fidelity
             from torch_fidelity.generative_model_modulewrapper import GenerativeModelModuleWrapper
 
-            net = inception.InceptionFeatures(weights, "cpu")
-            fidelity_weights = weights
-            if net.torchscript:
-                fidelity_weights = Path(tmp) / "fidelity.pth"
-                torch.save(inception.fidelity_state_dict_from_torchscript(net.net), fidelity_weights)
+            fidelity_weights = inception.fidelity_weights_file(inception.InceptionFeatures(weights), Path(tmp))
             wrapped = GenerativeModelModuleWrapper(Uint8Generator(G).eval(), G.z_dim, "normal", 0)
             sync(device)
             t0 = time.perf_counter()

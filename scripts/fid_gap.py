@@ -93,13 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         a = stage(first_files(args.a, args.n or None), Path(tmp) / "a")
         b = stage(first_files(args.b, args.n or None), Path(tmp) / "b")
-        if net.torchscript:  # the other two libraries take the weights as a state dict in their layout
-            state = inception.fidelity_state_dict_from_torchscript(net.net)
-            fidelity_weights = Path(tmp) / "fidelity.pth"
-            torch.save(state, fidelity_weights)
-        else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            fidelity_weights = weights
+        fidelity_weights = inception.fidelity_weights_file(net, Path(tmp))  # the other two libraries' layout
+        state = torch.load(fidelity_weights, map_location="cpu", weights_only=True)
         print(f"{len(list(a.iterdir()))} vs {len(list(b.iterdir()))} images; weights {weights.name} "
               f"({net.source}); device {args.device}")
         results = {}

@@ -150,11 +150,7 @@ def test_fid_of_two_folders_equals_torch_fidelity(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GANBENCH_CACHE", str(tmp_path / "cache"))
     net = inception.InceptionFeatures(WEIGHTS)
-    if net.torchscript:
-        fidelity_weights = tmp_path / "fidelity.pth"
-        torch.save(inception.fidelity_state_dict_from_torchscript(net.net), fidelity_weights)
-    else:
-        fidelity_weights = WEIGHTS
+    fidelity_weights = inception.fidelity_weights_file(net, tmp_path)
     n = 40  # 0.1-0.5 s per image and library on a CPU
     gen = torch.Generator().manual_seed(0)
     tint_a = torch.randint(60, 256, (n, 3, 1, 1), generator=gen)
@@ -216,8 +212,7 @@ def test_inception_score_is_skipped_without_logits_and_wired_with_them(tmp_path,
                                      f"metrics.inception_weights={WEIGHTS}"])
         metrics, protocol = evaluate_images(sample_fn, mnist_mini(), mcfg, "cpu")
         assert metrics == {} and "needs the classifier logits" in protocol["is"]["skipped"]
-        converted = tmp_path / "converted.pth"
-        torch.save(inception.fidelity_state_dict_from_torchscript(net.net), converted)
+        converted = inception.fidelity_weights_file(net, tmp_path)
         monkeypatch.setitem(inception.KNOWN_WEIGHTS, inception.sha256_file(converted), "test: converted, fc = 0")
         mcfg = metrics_config(None, ["metrics.names=[is,fid]", "metrics.primary=fid", "metrics.num_fake=20",
                                      "metrics.num_real=20", f"metrics.inception_weights={converted}"])

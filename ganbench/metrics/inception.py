@@ -213,6 +213,16 @@ def fidelity_state_dict_from_torchscript(ts: torch.nn.Module) -> dict:
     return out
 
 
+def fidelity_weights_file(net: "InceptionFeatures", folder: Path) -> Path:
+    """A file torch-fidelity's (and pytorch-fid's) own loaders take for ``net``'s weights: its .pth as it is, or the
+    TorchScript converted to their state-dict layout and saved in ``folder`` (feature comparisons, benchmarks)."""
+    if not net.torchscript:
+        return net.path
+    path = Path(folder) / "fidelity.pth"
+    torch.save(fidelity_state_dict_from_torchscript(net.net), path)
+    return path
+
+
 def tf1_resize_299(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 (N, 3, 299, 299) in [0, 255]: torch-fidelity's TF1.x bilinear resize."""
     from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
