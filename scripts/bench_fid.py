@@ -31,7 +31,7 @@ import torch
 
 from ganbench.data import ImageDataset
 from ganbench.metrics import inception
-from ganbench.metrics.image import metrics_config, real_subset, evaluate_images
+from ganbench.metrics.image import evaluate_images, metrics_config, real_subset, to_uint8
 from ganbench.train import generate
 
 
@@ -64,9 +64,8 @@ class Uint8Generator(torch.nn.Module):
         self.G = G
 
     def forward(self, z):
-        x = self.G(z)
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        return torch.nan_to_num(x.float(), nan=-1.0).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+        x = to_uint8(self.G(z))
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
 class RealImages(torch.utils.data.Dataset):

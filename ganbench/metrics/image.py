@@ -209,16 +209,6 @@ def _inception(fake, real, names, mcfg, device) -> tuple[dict, dict]:
     batch = min(int(mcfg.batch), 100)  # 100 × 3 × 299² floats per forward pass is plenty
     extract = lambda images: net.features(images, batch)  # noqa: E731
     values, protocol = {}, {}
-    if "is" in names and not net.has_logits:
-        reason = (f"Inception Score needs the classifier logits, which {net.path.name} ({net.source}) does not "
-                  f"have; use torch-fidelity's {inception.FIDELITY_FILE} (downloaded when online, or "
-                  f"metrics.inception_weights=PATH).")
-        protocol["is"] = {"skipped": reason}
-        log.log(logging.DEBUG if reason in _WARNED else logging.WARNING, "is skipped: %s", reason)
-        _WARNED.add(reason)
-        names = [n for n in names if n != "is"]
-        if not names:
-            return values, protocol
     fake_feats, fake_logits = net.features_and_logits(fake, batch)
     base = {"feature_net": f"{inception.FEATURE_NET} from {net.source}", "weights_sha256": net.sha256[:12],
             **_real_protocol(real, mcfg.split, mcfg.num_real, len(fake)), "resize": inception.RESIZE}
@@ -283,10 +273,17 @@ def evaluate_images(sample_fn, dataset, mcfg, device, real: ImageDataset | None 
             from ganbench.metrics import inception
 
             inception._require_fidelity()
-            inception.resolve_weights(mcfg.inception_weights, bool(mcfg.inception_download))
+            weights = inception.resolve_weights(mcfg.inception_weights, bool(mcfg.inception_download))
         except Exception as e:
             skip(inception_names, e)
             inception_names = []
+        else:
+            if "is" in inception_names and inception.is_torchscript(weights):
+                skip(["is"], inception.WeightsUnavailable(
+                    f"Inception Score needs the classifier logits, which {weights.name} (TorchScript, pool features "
+                    f"only) does not have; use torch-fidelity's {inception.FIDELITY_FILE} (downloaded when online, "
+                    f"or metrics.inception_weights=PATH)."))
+                inception_names.remove("is")
     classifier_names = [n for n in names if n in ("fd_classifier", "prc_classifier")]
     if not classifier_names and not inception_names:
         return metrics, protocol

@@ -257,11 +257,6 @@ class InceptionFeatures:
             self.net = fidelity_extractor(state, self.device, outputs=("2048", "logits_unbiased"))
 
     @property
-    def has_logits(self) -> bool:
-        """Inception Score needs the classifier logits: torch-fidelity's .pth has them, default_1.pt does not."""
-        return not self.torchscript
-
-    @property
     def key(self) -> str:
         return f"inception-{self.sha256[:8]}"
 
@@ -270,7 +265,7 @@ class InceptionFeatures:
         return self.features_and_logits(images, batch)[0]
 
     def features_and_logits(self, images: torch.Tensor, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, 2048) features and (N, 1008) logits (None without :attr:`has_logits`), float32 on the CPU."""
+        """(N, 2048) features and (N, 1008) logits (None for TorchScript weights: default_1.pt has no logits), float32 on the CPU."""
         if images.dtype != torch.uint8:
             raise GanbenchError(f"Inception features take uint8 images, got {images.dtype}.")
         feats, logits = [], []
