@@ -10,14 +10,17 @@ from ganbench.train import run
 
 @pytest.mark.slow
 def test_hinge_sn_covers_grid25(tmp_path):
-    """grid25_study, hinge + sn, seed 0: 25/25 modes and ≥ 90% high-quality samples (PacGAN's bar), 10,000 steps."""
-    cfg = compose(["experiment=grid25_study", "device=cpu", "progress=false", "ckpt_every=10000",
+    """grid25_hinge_sn, seed 0: 25/25 modes and ≥ 90% high-quality samples (PacGAN's bar), 10,000 steps.
+
+    The other grid25 pairs' presets take 3–27 minutes a run: scripts/toy_bar.py checks them, not the suite.
+    """
+    cfg = compose(["experiment=grid25_hinge_sn", "device=cpu", "progress=false", "ckpt_every=10000",
                    "sample_every=10000", "log_every=2000", "eval_every=10000"])
     assert (cfg.loss._target_, cfg.constraint._target_) == ("ganbench.losses.Hinge", "ganbench.constraints.SpectralNorm")
     metrics = run(cfg, tmp_path)
     assert metrics["modes"] == 25
-    assert metrics["hq"] >= 0.90  # measured 0.915
-    assert metrics["w1"] < 0.25  # measured 0.161
+    assert metrics["hq"] >= 0.90  # measured 0.947
+    assert metrics["w1"] < 0.3  # measured 0.212
 
 
 @pytest.mark.slow
