@@ -265,7 +265,10 @@ class InceptionFeatures:
         return self.features_and_logits(images, batch)[0]
 
     def features_and_logits(self, images: torch.Tensor, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, 2048) features and (N, 1008) logits (None for TorchScript weights: default_1.pt has no logits), float32 on the CPU."""
+        """(N, 2048) features and (N, 1008) logits, float32 on the CPU.
+
+        The logits are None for TorchScript weights: default_1.pt has pool features only.
+        """
         if images.dtype != torch.uint8:
             raise GanbenchError(f"Inception features take uint8 images, got {images.dtype}.")
         feats, logits = [], []
