@@ -5,8 +5,9 @@ Built by ``hydra.utils.instantiate(cfg.model.generator, out_shape=dataset.shape)
 ``sample_z(n, device=None, generator=None)``; ``G(z)`` is ``(N, *out_shape)`` and ``D(x)`` is ``(N,)`` raw scores.
 """
 
+from ganbench.models.base import GeneratorBase
 from ganbench.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from ganbench.models.mlp import GeneratorBase, MLPDiscriminator, MLPGenerator
+from ganbench.models.mlp import MLPDiscriminator, MLPGenerator
 from ganbench.models.sngan import (
     SNGANCNNDiscriminator,
     SNGANCNNGenerator,

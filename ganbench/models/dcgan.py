@@ -6,7 +6,7 @@ Initialisation as in the paper (§4): conv / linear weights ~ N(0, 0.02), BatchN
 import torch
 from torch import nn
 
-from ganbench.models.mlp import GeneratorBase, image_shape
+from ganbench.models.base import GeneratorBase, image_shape
 
 
 def dcgan_init(module: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""ReLU MLPs, plus the pieces every ganbench model shares (:class:`GeneratorBase`, :func:`image_shape`).
+"""ReLU MLPs for the 2D toys (and flattened images).
 
 The MLP pair is the usual 2D-toy architecture (ring8 / grid25 of VEEGAN, arXiv 1705.07761, and PacGAN, arXiv
 1712.04086; WGAN-GP's toy code uses the same ReLU MLP). It also runs on flattened images.
@@ -9,37 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ganbench.errors import GanbenchError
-
-
-def image_shape(shape, model: str) -> tuple[int, int, int]:
-    """Return ``shape`` as ``(C, 32, 32)``, or raise :class:`GanbenchError` naming the model and the shape."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3:
-        raise GanbenchError(
-            f"model={model} needs an image dataset (C×32×32); dataset shape is {shape} — use model=mlp for 2D toys."
-        )
-    if shape[1:] != (32, 32):
-        raise GanbenchError(f"model={model} needs 32×32 images; dataset shape is {shape} — pad or resize to 32×32.")
-    return shape
-
-
-class GeneratorBase(nn.Module):
-    """A generator: ``z_dim``, ``out_shape``, ``sample_z(n)`` and ``forward(z) -> (N, *out_shape)``."""
-
-    def __init__(self, out_shape, z_dim: int):
-        super().__init__()
-        self.out_shape = tuple(int(s) for s in out_shape)
-        self.z_dim = int(z_dim)
-
-    def sample_z(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n × z_dim`` standard normal latents on ``device`` (default: the model's device).
-
-        Drawn from the global RNG unless a ``torch.Generator`` is given.
-        """
-        if device is None:
-            device = next(self.parameters()).device
-        return torch.randn(n, self.z_dim, device=device, generator=generator)
+from ganbench.models.base import GeneratorBase
 
 
 def _mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ganbench.models.dcgan import dcgan_init
-from ganbench.models.mlp import GeneratorBase, image_shape
+from ganbench.models.base import GeneratorBase, image_shape
 
 # Standard CNN (Table 3).
 
