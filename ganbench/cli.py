@@ -18,6 +18,7 @@ commands:
   features fit [dataset=NAME]
                            train/cache the fd_classifier feature net and print its test accuracy
   report SWEEP_DIR         table (report.md/csv) and loss × constraint heatmap of a sweep [--metric NAME] [--out DIR]
+  bench [overrides]        G-steps/s, images/s and peak memory of ganbench's real step vs a plain PyTorch loop
 
 `ganbench train --help` lists the config groups and their options; `ganbench train --cfg job` prints the config.
 """
@@ -25,11 +26,12 @@ commands:
 
 # command -> (module, function); imported only when the command runs, so `ganbench --help` stays fast.
 COMMANDS = {
-    "train": ("ganbench.train", "main"),
+    "train": ("ganbench.launch", "main"),
     "eval": ("ganbench.evaluate", "eval_main"),
     "sample": ("ganbench.evaluate", "sample_main"),
-    "features": ("ganbench.metrics.classifier", "features_main"),
+    "features": ("ganbench.evaluate", "features_main"),
     "report": ("ganbench.report", "main"),
+    "bench": ("ganbench.bench", "main"),
 }
 
 

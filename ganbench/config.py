@@ -9,16 +9,26 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
+import os
 import re
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
+from ganbench import checkpoint
 from ganbench.errors import GanbenchError
+from ganbench.metrics.image import check_config
 
 CONFIG_MODULE = "ganbench.conf"
-GROUPS = ("dataset", "model", "loss", "constraint", "optim", "experiment")
+GROUPS = ("dataset", "model", "loss", "constraint", "optim", "recipe", "experiment")
 POSITIVE_INTS = ("steps", "n_dis", "batch_size", "log_every", "sample_every", "eval_every", "ckpt_every",
                  "eval_samples")
 # Hydra flags that take the next token as their value.
@@ -47,8 +57,6 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _one_line(e: Exception) -> str:
     """Hydra's multi-line messages as one sentence: unknown group option, unknown key, bad syntax."""
-    from hydra.errors import MissingConfigException
-
     text = f"{e}\n{e.__cause__ or ''}"
     if isinstance(e, MissingConfigException):
         m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
@@ -73,8 +81,6 @@ def _one_line(e: Exception) -> str:
 
 def _value_sets(overrides: list[str]) -> list[list[str]]:
     """One override list per value of every sweep override (the other keys at their first value)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:
@@ -99,10 +105,6 @@ def _value_sets(overrides: list[str]) -> list[list[str]]:
 
 def compose(overrides: list[str]) -> DictConfig:
     """Compose conf/train.yaml with ``overrides``; errors become one-line GanbenchErrors."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -117,8 +119,6 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def _resume_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     """For ``resume=<run dir|checkpoint>``: that run's overrides first, and its directory as the output dir."""
-    from ganbench import checkpoint
-
     value = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     if value in (None, "", "null", "auto"):
         return overrides, []
@@ -151,8 +151,6 @@ def prepare_argv(argv: list[str]) -> list[str]:
         validate(cfg)
         _check_output_dir(variant)
     if hydra_extra:  # resuming: refuse a corrupt or mismatched checkpoint before anything is written
-        from ganbench import checkpoint
-
         ckpt = checkpoint.find(cfg.resume)
         check_resume_identity(checkpoint.load(ckpt).get("identity", ""), identity(cfg), ckpt)
     return flags + overrides + hydra_extra
@@ -160,8 +158,6 @@ def prepare_argv(argv: list[str]) -> list[str]:
 
 def _check_output_dir(overrides: list[str]) -> None:
     """The run/sweep directory must be creatable: its nearest existing ancestor is a writable directory."""
-    import os
-
     for key in ("hydra.run.dir", "hydra.sweep.dir"):
         value = next((o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")), None)
         path = Path(value if value else "outputs").absolute()
@@ -178,8 +174,6 @@ def _is_int(v) -> bool:
 
 def _known_keys() -> set[str]:
     """The top-level keys of conf/train.yaml plus the config groups."""
-    import importlib.resources
-
     text = (importlib.resources.files(CONFIG_MODULE) / "train.yaml").read_text()
     return set(OmegaConf.create(text).keys()) - {"defaults", "hydra"} | set(GROUPS) | {"metrics"}
 
@@ -204,6 +198,11 @@ def validate(cfg: DictConfig) -> None:
         raise GanbenchError(f"ema_decay must be a number in [0, 1) (0 turns EMA off), got {cfg.ema_decay!r}.")
     if cfg.cpu_threads is not None and (not _is_int(cfg.cpu_threads) or cfg.cpu_threads < 1):
         raise GanbenchError(f"cpu_threads must be null or a positive integer, got {cfg.cpu_threads!r}.")
+    for key in ("fast", "channels_last"):
+        if not isinstance(cfg[key], bool):
+            raise GanbenchError(f"{key} must be true or false, got {cfg[key]!r}.")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise GanbenchError(f"precision must be fp32 or bf16, got {cfg.precision!r}.")
     if cfg.nan_policy != "stop":
         raise GanbenchError(f"nan_policy must be 'stop', got {cfg.nan_policy!r}.")
     if not isinstance(cfg.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
@@ -216,8 +215,6 @@ def validate(cfg: DictConfig) -> None:
             raise GanbenchError(f"optim.{key} must be a positive number, got {v!r}.")
     if cfg.optim.get("decay") not in ("none", "linear"):
         raise GanbenchError(f"optim.decay must be 'none' or 'linear', got {cfg.optim.get('decay')!r}.")
-    from ganbench.metrics.image import check_config
-
     check_config(cfg.metrics)
 
 
@@ -251,8 +248,6 @@ def check_resume_identity(saved: str, now: str, path: Path) -> None:
 def hparams(cfg: DictConfig) -> dict:
     """The run's choices and main knobs, for TensorBoard's HParams view."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         choices = dict(HydraConfig.get().runtime.choices)
     except Exception:
         choices = {}

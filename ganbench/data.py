@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.datasets import CIFAR10, MNIST
 
 from ganbench.errors import GanbenchError
 
@@ -174,8 +175,6 @@ def _torchvision(cls, label: str, root: str, download: bool, train: bool):
 
 def mnist(root: str = "data/mnist", download: bool = False, split: str = "train", resolution: int = 32) -> ImageDataset:
     """Full MNIST via ``torchvision.datasets.MNIST`` (60,000 train / 10,000 test), padded to 32x32 by default."""
-    from torchvision.datasets import MNIST
-
     ds = _torchvision(MNIST, "MNIST", root, download, _is_train(split))
     images = _pad_mnist(ds.data.to(torch.uint8), resolution)
     return ImageDataset(f"mnist-{split}-{resolution}", images, ds.targets.long())
@@ -183,8 +182,6 @@ def mnist(root: str = "data/mnist", download: bool = False, split: str = "train"
 
 def cifar10(root: str = "data/cifar10", download: bool = False, split: str = "train") -> ImageDataset:
     """CIFAR-10 via ``torchvision.datasets.CIFAR10`` (50,000 train / 10,000 test), 3x32x32."""
-    from torchvision.datasets import CIFAR10
-
     ds = _torchvision(CIFAR10, "CIFAR-10", root, download, _is_train(split))
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return ImageDataset(f"cifar10-{split}", images, torch.tensor(ds.targets, dtype=torch.long))

@@ -1,4 +1,5 @@
-"""`ganbench eval RUN_DIR` and `ganbench sample RUN_DIR`: metrics and images from a finished (or running) run.
+"""`ganbench eval RUN_DIR`, `ganbench sample RUN_DIR` and `ganbench features fit`: metrics and images from a
+finished (or running) run, and the fd_classifier feature net on its own.
 
 Both rebuild the generator from ``RUN_DIR/.hydra/config.yaml`` and load a checkpoint with
 :func:`ganbench.checkpoint.load` (``weights_only=True``); the EMA generator is used when the run kept one, as in
@@ -10,14 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torchvision.utils import make_grid
 
-from ganbench import checkpoint
+from ganbench import checkpoint, config
+from ganbench.build import generate, make, resolve_device
 from ganbench.errors import GanbenchError
+from ganbench.metrics.classifier import feature_net
+from ganbench.metrics.image import evaluate_images, metrics_config, to_uint8
 
 log = logging.getLogger("ganbench")
 
@@ -105,8 +113,6 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
 
 def load_generator(cfg: DictConfig, ckpt: Path, device: torch.device):
     """(dataset, G, step, which) with G holding the EMA weights when the run kept them, in eval mode on ``device``."""
-    from ganbench.train import make
-
     dataset = make(cfg.dataset, "dataset")
     G = make(cfg.model.generator, "generator", out_shape=tuple(dataset.shape))
     state = checkpoint.load(ckpt)
@@ -121,8 +127,6 @@ def load_generator(cfg: DictConfig, ckpt: Path, device: torch.device):
 
 def _device(cfg: DictConfig, overrides: list[str]) -> tuple[torch.device, list[str]]:
     """The device (the run's, or a ``device=`` override) and the remaining overrides; applies ``cpu_threads``."""
-    from ganbench.train import resolve_device
-
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
 
@@ -137,11 +141,6 @@ def _device(cfg: DictConfig, overrides: list[str]) -> tuple[torch.device, list[s
 
 def eval_main(argv: list[str]) -> int:
     """`ganbench eval RUN_DIR [--checkpoint last|best|PATH] [metrics.KEY=VALUE ...]`."""
-    from hydra.utils import instantiate
-
-    from ganbench.metrics.image import evaluate_images, metrics_config
-    from ganbench.train import generate
-
     run_dir, opts, overrides = _parse(argv, ("checkpoint",), EVAL_USAGE)
     console_logging()
     cfg = run_config(run_dir)
@@ -200,19 +199,12 @@ def eval_main(argv: list[str]) -> int:
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
     array = image.permute(1, 2, 0).numpy()
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
 
 
 def sample_main(argv: list[str]) -> int:
     """`ganbench sample RUN_DIR --n N --out DIR [--checkpoint last|best|PATH] [--seed S]`."""
-    from torchvision.utils import make_grid
-
-    from ganbench.metrics.image import to_uint8
-    from ganbench.train import generate
-
     run_dir, opts, overrides = _parse(argv, ("n", "out", "checkpoint", "seed"), SAMPLE_USAGE)
     console_logging()
     for key in ("n", "out"):
@@ -251,4 +243,48 @@ def sample_main(argv: list[str]) -> int:
     _save_png(grid, out / "grid.png")
     print(f"wrote {n} images and grid.png ({len(grid_images)} images, {min(8, len(grid_images))} per row) to {out} "
           f"({ckpt.name}, step {step}, {which}, seed {seed})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- features
+
+FEATURES_USAGE = """usage: ganbench features fit [dataset=NAME] [dataset.KEY=VALUE ...] [metrics.classifier_seed=K]
+                            [--retrain]
+
+Trains (or loads from the cache) the fd_classifier feature net on the dataset's train split and prints its accuracy on
+the held-out test split (datasets whose config has a `split` key; mnist_mini: 1,000 digits).
+"""
+
+
+def features_main(argv: list[str]) -> int:
+    """`ganbench features fit [overrides]`."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(FEATURES_USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] != "fit":
+        raise GanbenchError(f"unknown features command '{argv[0]}'; use: ganbench features fit [dataset=NAME].")
+    console_logging()
+    retrain = "--retrain" in argv[1:]
+    rest = [a for a in argv[1:] if a != "--retrain"]
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        raise GanbenchError(f"unknown option {unknown[0]}; see `ganbench features --help`.")
+    cfg = config.compose([a for a in rest if not a.startswith("metrics.")])
+    mcfg = metrics_config(cfg.get("metrics"), [a for a in rest if a.startswith("metrics.")])
+    train_set = make(cfg.dataset, "dataset")
+    if not getattr(train_set, "is_image", False):
+        raise GanbenchError(f"fd_classifier is for image datasets; {train_set.name} is not one.")
+    test_set = None
+    if "split" in cfg.dataset:
+        try:
+            test_set = instantiate(cfg.dataset, split="test")
+        except Exception as e:  # e.g. a torchvision test split that is not on disk
+            log.warning("no held-out test split for %s (%s)", train_set.name, str(e).splitlines()[0][:200])
+    net = feature_net(train_set, int(mcfg.classifier_seed), test=test_set, retrain=retrain)
+    acc = "n/a (no held-out split)" if net.test_accuracy is None else f"{net.test_accuracy:.2%}"
+    print(f"fd_classifier feature net for {train_set.name} (seed {net.seed}): test accuracy {acc}\n"
+          f"  weights {net.path} (sha256 {net.sha256[:12]})")
+    if net.test_accuracy is not None and not math.isnan(net.test_accuracy) and net.test_accuracy < 0.9:
+        log.warning("the feature net's test accuracy is low (%.1f%%): fd_classifier numbers will be coarse",
+                    100 * net.test_accuracy)
     return 0

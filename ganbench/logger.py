@@ -14,6 +14,7 @@ import torch
 import torchvision.utils as vutils
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 log = logging.getLogger("ganbench")
 
@@ -88,8 +89,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
         self.total = total
 

@@ -22,6 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ganbench.errors import GanbenchError
@@ -225,11 +226,10 @@ def _cell_text(cell: dict) -> str:
 
 def draw_heatmap(runs: list[Run], metric: str, path: Path, title: str) -> None:
     """Loss × constraint grid of the metric's mean ± std; failed cells hatched red, empty cells grey."""
-    import matplotlib
+    import matplotlib  # heavy (about 1 s to import): loaded only when a heatmap is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     losses, constraints, cells = cell_stats(runs, metric)
     grid = np.full((len(losses), len(constraints)), np.nan)

@@ -32,7 +32,7 @@ import torch
 from ganbench.data import ImageDataset
 from ganbench.metrics import inception
 from ganbench.metrics.image import evaluate_images, metrics_config, real_subset, to_uint8
-from ganbench.train import generate
+from ganbench.build import generate
 
 
 def sync(device: torch.device) -> None:

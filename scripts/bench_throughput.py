@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from ganbench import config
 from ganbench.step import d_step, g_step
-from ganbench.train import make, resolve_device
+from ganbench.build import make, resolve_device
 
 
 def sync(device):

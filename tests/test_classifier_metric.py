@@ -14,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ganbench import evaluate
 from ganbench.data import ImageDataset, mnist_mini, ring8
 from ganbench.errors import GanbenchError
 from ganbench.metrics import classifier
@@ -178,11 +179,11 @@ def test_metrics_config_errors_are_one_sentence():
 
 
 def test_features_fit_cli_prints_accuracy(net, capsys):
-    assert classifier.features_main(["fit", "dataset=mnist_mini"]) == 0
+    assert evaluate.features_main(["fit", "dataset=mnist_mini"]) == 0
     out = capsys.readouterr().out
     assert f"test accuracy {net.test_accuracy:.2%}" in out and net.sha256[:12] in out
     with pytest.raises(GanbenchError, match="unknown features command"):
-        classifier.features_main(["train"])
+        evaluate.features_main(["train"])
 
 
 def test_prc_classifier_in_evaluate_images_separates_real_and_collapsed(metrics_cache):
@@ -221,7 +222,7 @@ def test_fd_classifier_ranks_a_trained_run_above_its_untrained_generator(net):
     value, measured 1,563 and 2,110 against 1,976), so the test uses the stored result of a real run.
     """
     from conftest import compose
-    from ganbench.train import build
+    from ganbench.build import build
 
     cfg = compose(["device=cpu", "metrics.num_fake=1000", "metrics.num_real=2000"])
     stored = torch.load(Path(__file__).parent / "data" / "dcgan_small_mnist_mini_4000steps_G.pt", weights_only=True)

@@ -13,7 +13,8 @@ import torch
 
 from conftest import compose, tiny_overrides
 from test_train import CONSTRAINTS, LOSSES, assert_run_ok
-from ganbench.train import build, run
+from ganbench.build import build
+from ganbench.train import run
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -250,55 +249,3 @@ def feature_net(dataset: ImageDataset, seed: int = 0, test: ImageDataset | None 
     acc_text = f"{test_acc:.2%} on {test.name}" if test_acc is not None else "no held-out split"
     log.info("fd_classifier feature net trained in %.1f s: test accuracy %s", seconds, acc_text)
     return FeatureNet(net, dataset.name, seed, arch_hash(spec), sha, test_acc, path)
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-FEATURES_USAGE = """usage: ganbench features fit [dataset=NAME] [dataset.KEY=VALUE ...] [metrics.classifier_seed=K]
-                            [--retrain]
-
-Trains (or loads from the cache) the fd_classifier feature net on the dataset's train split and prints its accuracy on
-the held-out test split (datasets whose config has a `split` key; mnist_mini: 1,000 digits).
-"""
-
-
-def features_main(argv: list[str]) -> int:
-    """`ganbench features fit [overrides]`."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(FEATURES_USAGE, end="")
-        return 0 if argv else 2
-    if argv[0] != "fit":
-        raise GanbenchError(f"unknown features command '{argv[0]}'; use: ganbench features fit [dataset=NAME].")
-    from hydra.utils import instantiate
-
-    from ganbench import config
-    from ganbench.evaluate import console_logging
-    from ganbench.metrics.image import metrics_config
-
-    console_logging()
-    retrain = "--retrain" in argv[1:]
-    rest = [a for a in argv[1:] if a != "--retrain"]
-    unknown = [a for a in rest if a.startswith("-")]
-    if unknown:
-        raise GanbenchError(f"unknown option {unknown[0]}; see `ganbench features --help`.")
-    cfg = config.compose([a for a in rest if not a.startswith("metrics.")])
-    mcfg = metrics_config(cfg.get("metrics"), [a for a in rest if a.startswith("metrics.")])
-    from ganbench.train import make
-
-    train_set = make(cfg.dataset, "dataset")
-    if not getattr(train_set, "is_image", False):
-        raise GanbenchError(f"fd_classifier is for image datasets; {train_set.name} is not one.")
-    test_set = None
-    if "split" in cfg.dataset:
-        try:
-            test_set = instantiate(cfg.dataset, split="test")
-        except Exception as e:  # e.g. a torchvision test split that is not on disk
-            log.warning("no held-out test split for %s (%s)", train_set.name, str(e).splitlines()[0][:200])
-    net = feature_net(train_set, int(mcfg.classifier_seed), test=test_set, retrain=retrain)
-    acc = "n/a (no held-out split)" if net.test_accuracy is None else f"{net.test_accuracy:.2%}"
-    print(f"fd_classifier feature net for {train_set.name} (seed {net.seed}): test accuracy {acc}\n"
-          f"  weights {net.path} (sha256 {net.sha256[:12]})")
-    if net.test_accuracy is not None and not math.isnan(net.test_accuracy) and net.test_accuracy < 0.9:
-        log.warning("the feature net's test accuracy is low (%.1f%%): fd_classifier numbers will be coarse",
-                    100 * net.test_accuracy)
-    return 0

@@ -28,7 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from ganbench import checkpoint
 from ganbench.data import ImageDataset, cache_dir
 from ganbench.errors import GanbenchError
+from ganbench.metrics import inception
+from ganbench.metrics.classifier import default_test_split, feature_net
 from ganbench.metrics.frechet import Stats, feature_stats, frechet_distance_stats
+from ganbench.metrics.prc import precision_recall
 
 log = logging.getLogger("ganbench")
 
@@ -121,8 +124,6 @@ def real_dataset(dataset: ImageDataset, split: str) -> ImageDataset:
     """The reference images: the training data itself (``train``) or its held-out split (``test``)."""
     if split == "train":
         return dataset
-    from ganbench.metrics.classifier import default_test_split
-
     test = default_test_split(dataset)
     if test is None:
         raise GanbenchError(f"metrics.split=test: no held-out split is known for {dataset.name} here; "
@@ -177,9 +178,6 @@ def _real_protocol(real: ImageDataset, split: str, num_real: int | None, num_fak
 
 def _classifier(fake, dataset, real, names, mcfg, device) -> tuple[dict, dict]:
     """fd_classifier and/or prc_classifier: both on the penultimate features of the dataset's own classifier."""
-    from ganbench.metrics.classifier import feature_net
-    from ganbench.metrics.prc import precision_recall
-
     net = feature_net(dataset, int(mcfg.classifier_seed))
     extract = lambda images: net.features(images, device, int(mcfg.batch))  # noqa: E731
     ref, ref_feats = _reference(real, mcfg.num_real, net.key, extract, need_features="prc_classifier" in names)
@@ -202,8 +200,6 @@ def _classifier(fake, dataset, real, names, mcfg, device) -> tuple[dict, dict]:
 
 
 def _inception(fake, real, names, mcfg, device) -> tuple[dict, dict]:
-    from ganbench.metrics import inception
-
     weights = inception.resolve_weights(mcfg.inception_weights, bool(mcfg.inception_download))
     net = inception.InceptionFeatures(weights, device)
     batch = min(int(mcfg.batch), 100)  # 100 × 3 × 299² floats per forward pass is plenty
@@ -250,16 +246,7 @@ def evaluate_images(sample_fn, dataset, mcfg, device, real: ImageDataset | None 
             log.warning("metric %s skipped: unknown (choose from %s)", n, ", ".join(METRICS))
     metrics: dict[str, float] = {}
     protocol: dict[str, dict] = {}
-
-    def skip(metric_names, e: Exception) -> None:
-        reason = str(e) if isinstance(e, GanbenchError) else f"{type(e).__name__}: {e}"
-        # one warning per reason and process: a run evaluating every eval_every steps does not repeat it
-        level = logging.DEBUG if reason in _WARNED else logging.WARNING
-        _WARNED.add(reason)
-        log.log(level, "%s skipped: %s", "/".join(metric_names), reason)
-        for n in metric_names:
-            protocol[n] = {"skipped": reason}
-
+    skip = _Skip(protocol)
     try:
         real = real if real is not None else real_dataset(dataset, mcfg.split)
     except Exception as e:
@@ -267,23 +254,7 @@ def evaluate_images(sample_fn, dataset, mcfg, device, real: ImageDataset | None 
         return metrics, protocol
 
     # Which families can run, decided before any image is generated.
-    inception_names = [n for n in names if n in ("fid", "kid", "is")]
-    if inception_names:
-        try:
-            from ganbench.metrics import inception
-
-            inception._require_fidelity()
-            weights = inception.resolve_weights(mcfg.inception_weights, bool(mcfg.inception_download))
-        except Exception as e:
-            skip(inception_names, e)
-            inception_names = []
-        else:
-            if "is" in inception_names and inception.is_torchscript(weights):
-                skip(["is"], inception.WeightsUnavailable(
-                    f"Inception Score needs the classifier logits, which {weights.name} (TorchScript, pool features "
-                    f"only) does not have; use torch-fidelity's {inception.FIDELITY_FILE} (downloaded when online, "
-                    f"or metrics.inception_weights=PATH)."))
-                inception_names.remove("is")
+    inception_names = _inception_runnable(names, mcfg, skip)
     classifier_names = [n for n in names if n in ("fd_classifier", "prc_classifier")]
     if not classifier_names and not inception_names:
         return metrics, protocol
@@ -291,22 +262,54 @@ def evaluate_images(sample_fn, dataset, mcfg, device, real: ImageDataset | None 
     t0 = time.perf_counter()
     fake = sample_uint8(sample_fn, int(mcfg.num_fake), int(mcfg.batch))
     log.debug("sampled %d images in %.1f s", len(fake), time.perf_counter() - t0)
-    if classifier_names:
+    for family, compute in ((classifier_names, lambda: _classifier(fake, dataset, real, classifier_names, mcfg,
+                                                                   device)),
+                            (inception_names, lambda: _inception(fake, real, inception_names, mcfg, device))):
+        if not family:
+            continue
         t0 = time.perf_counter()
         try:
-            values, proto = _classifier(fake, dataset, real, classifier_names, mcfg, device)
-            metrics.update(values)
-            protocol.update(proto)
-            log.debug("%s in %.1f s", "/".join(classifier_names), time.perf_counter() - t0)
+            values, proto = compute()
         except Exception as e:
-            skip(classifier_names, e)
-    if inception_names:
-        t0 = time.perf_counter()
-        try:
-            values, proto = _inception(fake, real, inception_names, mcfg, device)
-            metrics.update(values)
-            protocol.update(proto)
-            log.debug("%s in %.1f s", "/".join(inception_names), time.perf_counter() - t0)
-        except Exception as e:
-            skip(inception_names, e)
+            skip(family, e)
+            continue
+        metrics.update(values)
+        protocol.update(proto)
+        log.debug("%s in %.1f s", "/".join(family), time.perf_counter() - t0)
     return metrics, protocol
+
+
+class _Skip:
+    """Records metrics that cannot run: a ``{"skipped": reason}`` protocol entry each, one warning per reason."""
+
+    def __init__(self, protocol: dict):
+        self.protocol = protocol
+
+    def __call__(self, metric_names: list[str], e: Exception) -> None:
+        reason = str(e) if isinstance(e, GanbenchError) else f"{type(e).__name__}: {e}"
+        # one warning per reason and process: a run evaluating every eval_every steps does not repeat it
+        level = logging.DEBUG if reason in _WARNED else logging.WARNING
+        _WARNED.add(reason)
+        log.log(level, "%s skipped: %s", "/".join(metric_names), reason)
+        for n in metric_names:
+            self.protocol[n] = {"skipped": reason}
+
+
+def _inception_runnable(names: list[str], mcfg, skip: _Skip) -> list[str]:
+    """The Inception metrics asked for that can run here (torch-fidelity and weights present; IS needs logits)."""
+    inception_names = [n for n in names if n in ("fid", "kid", "is")]
+    if not inception_names:
+        return []
+    try:
+        inception._require_fidelity()
+        weights = inception.resolve_weights(mcfg.inception_weights, bool(mcfg.inception_download))
+    except Exception as e:
+        skip(inception_names, e)
+        return []
+    if "is" in inception_names and inception.is_torchscript(weights):
+        skip(["is"], inception.WeightsUnavailable(
+            f"Inception Score needs the classifier logits, which {weights.name} (TorchScript, pool features "
+            f"only) does not have; use torch-fidelity's {inception.FIDELITY_FILE} (downloaded when online, "
+            f"or metrics.inception_weights=PATH)."))
+        inception_names.remove("is")
+    return inception_names

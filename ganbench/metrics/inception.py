@@ -104,6 +104,7 @@ def sha256_file(path: Path) -> str:
 
 def _require_fidelity():
     try:
+        # optional dependency (the `metrics` extra): imported only when an Inception metric runs
         import torch_fidelity  # noqa: F401
     except ImportError:
         raise WeightsUnavailable('FID/KID need torch-fidelity: pip install "ganbench[metrics]" '
@@ -152,6 +153,7 @@ def is_torchscript(path: Path) -> bool:
 
 
 def _fidelity_extractor_class():
+    # optional dependency (the `metrics` extra): imported only when an Inception metric runs
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class _Skeleton(FeatureExtractorInceptionV3):
@@ -225,6 +227,7 @@ def fidelity_weights_file(net: "InceptionFeatures", folder: Path) -> Path:
 
 def tf1_resize_299(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 (N, 3, 299, 299) in [0, 255]: torch-fidelity's TF1.x bilinear resize."""
+    # optional dependency (the `metrics` extra): imported only when an Inception metric runs
     from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
     return interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
@@ -293,6 +296,7 @@ def inception_score(logits: torch.Tensor) -> tuple[float, float]:
     """Inception Score (Salimans et al. 2016, arXiv 1606.03498) of (N, 1008) logits: mean and std over 10 splits,
     torch-fidelity's ``isc_features_to_metric`` (shuffled with seed 2020)."""
     _require_fidelity()
+    # optional dependency (the `metrics` extra): imported only when an Inception metric runs
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 
     if len(logits) < IS_SPLITS:
@@ -304,6 +308,7 @@ def inception_score(logits: torch.Tensor) -> tuple[float, float]:
 def kid(real: torch.Tensor, fake: torch.Tensor) -> tuple[float, float, int]:
     """KID (mean, std over subsets) with torch-fidelity's defaults; subsets of min(1000, n_real, n_fake) images."""
     _require_fidelity()
+    # optional dependency (the `metrics` extra): imported only when an Inception metric runs
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
     size = min(KID_SUBSET_SIZE, len(real), len(fake))

@@ -8,6 +8,7 @@ the right proportions), computed with Python Optimal Transport.
 
 import math
 
+import ot  # Python Optimal Transport: the exact EMD solver behind w1
 import torch
 
 from ganbench.errors import GanbenchError
@@ -30,10 +31,6 @@ def w1_distance(x: torch.Tensor, y: torch.Tensor) -> float:
 
     Network simplex of POT (``ot.emd2``) on a Euclidean cost matrix, in float64.
     """
-    try:
-        import ot
-    except ImportError:
-        raise GanbenchError("the toy W1 metric needs Python Optimal Transport — run `pip install pot`.") from None
     x = x.detach().cpu().double().numpy()
     y = y.detach().cpu().double().numpy()
     a = ot.unif(len(x))

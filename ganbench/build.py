@@ -1,0 +1,140 @@
+"""Objects from config: the device, one ``instantiate`` with one-line errors, a whole run's objects, and G's samples.
+
+A building block: it knows the config's shape, nothing of the training loop. ``ganbench eval``, ``sample``,
+``features`` and ``bench`` use it as the loop does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ganbench import config
+from ganbench.errors import GanbenchError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``; a missing CUDA is one sentence."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GanbenchError(f"device={name} was asked for but CUDA is not available here; "
+                            f"use device=cpu or device=auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GanbenchError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N.") from None
+
+
+def make(node: DictConfig, what: str, **kwargs):
+    """``instantiate`` whose failures are one sentence (Hydra wraps the GanbenchErrors of our factories)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, GanbenchError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        detail = str(e.__cause__ or e).strip().splitlines()
+        raise GanbenchError(f"cannot build the {what} from its config ({detail[-1] if detail else e}).") from None
+
+
+def generate(G: torch.nn.Module, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """G(z) in eval mode, no grad, in chunks; G's train/eval mode is restored."""
+    was_training = G.training
+    G.eval()
+    with torch.no_grad():
+        out = torch.cat([G(chunk) for chunk in z.split(batch)])
+    G.train(was_training)
+    return out
+
+
+@dataclass
+class Run:
+    """Everything a run builds from its config; what a checkpoint saves and restores."""
+
+    cfg: DictConfig
+    device: torch.device
+    dataset: object
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module | None
+    loss: object
+    constraint: object
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    schedulers: list = field(default_factory=list)
+    z_fixed: torch.Tensor | None = None
+    step: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator that draws samples and metrics: the EMA copy when the run keeps one."""
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "z_fixed": self.z_fixed.cpu(),
+            "rng": {"cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "history": json.dumps(self.history),
+            "identity": config.identity(self.cfg),
+        }
+
+    def restore(self, state: dict, path: Path) -> None:
+        config.check_resume_identity(state.get("identity", {}), config.identity(self.cfg), path)
+        try:
+            self.G.load_state_dict(state["G"])
+            self.D.load_state_dict(state["D"])
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(state["G_ema"] if state["G_ema"] is not None else state["G"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            for s, s_state in zip(self.schedulers, state["schedulers"]):
+                s.load_state_dict(s_state)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise GanbenchError(f"checkpoint {path} does not fit this run's models or optimizers "
+                                f"({str(e).splitlines()[0][:160]}).") from None
+        self.z_fixed = state["z_fixed"].to(self.device)
+        self.step = int(state["step"])
+        self.history = json.loads(state.get("history", "[]"))
+        torch.set_rng_state(state["rng"]["cpu"])
+        if self.device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def build(cfg: DictConfig, device: torch.device) -> Run:
+    """Instantiate dataset, models, loss, constraint and optimizers from the config (seeded)."""
+    torch.manual_seed(cfg.seed)
+    dataset = make(cfg.dataset, "dataset").to(device)
+    if cfg.batch_size > len(dataset):
+        raise GanbenchError(f"batch_size={cfg.batch_size} is larger than the dataset ({len(dataset)} images); "
+                            f"lower batch_size.")
+    G = make(cfg.model.generator, "generator", out_shape=tuple(dataset.shape)).to(device)
+    constraint = make(cfg.constraint, "constraint")
+    D = constraint.prepare(make(cfg.model.discriminator, "discriminator", in_shape=tuple(dataset.shape))).to(device)
+    loss = make(cfg.loss, "loss")
+    opt_g = make(cfg.optim.g, "G optimizer")(G.parameters())
+    opt_d = make(cfg.optim.d, "D optimizer")(D.parameters())
+    schedulers = []
+    if cfg.optim.decay == "linear":
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(0.0, 1.0 - i / cfg.steps))
+                      for o in (opt_g, opt_d)]
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+    # The fixed z of the sample grid comes from its own generator: it never shifts the training RNG stream.
+    z_fixed = G.sample_z(64, device=device, generator=torch.Generator(device).manual_seed(cfg.seed + 1))
+    return Run(cfg, device, dataset, G, D, G_ema, loss, constraint, opt_g, opt_d, schedulers, z_fixed)

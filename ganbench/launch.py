@@ -1,0 +1,98 @@
+"""`ganbench train [overrides] [-m]`: check the command line (one-line errors), then let Hydra run each job.
+
+The entry point above the loop: :func:`main` checks the overrides of every job up front, Hydra composes the config
+and calls :func:`task` once per job (in this process, or in the joblib/submitit launchers' workers), and
+:class:`SweepFailures` lists the failed jobs at the end of a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from ganbench import checkpoint, config
+from ganbench.errors import GanbenchError
+from ganbench.train import run
+
+log = logging.getLogger("ganbench")
+
+# Failed jobs of this process's multirun sweep, for the exit status of `ganbench train -m`.
+FAILED_JOBS: list[str] = []
+
+
+class SweepFailures(Callback):
+    """At the end of a sweep, in the main process: collect the jobs whose metrics.json says failed or diverged.
+
+    With the joblib or submitit launchers the jobs run in other processes, so only their files can tell.
+    """
+
+    def on_multirun_start(self, config, **kwargs):
+        self.t0 = time.time()
+
+    def on_multirun_end(self, config, **kwargs):
+        for path in sorted(Path(config.hydra.sweep.dir).glob("*/metrics.json")):
+            if path.stat().st_mtime < self.t0:
+                continue  # a job of an earlier sweep into the same dir
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("status") in ("failed", "diverged"):
+                FAILED_JOBS.append(f"{path.parent}: {record.get('error') or record['status']}")
+
+
+def task(cfg: DictConfig) -> dict | None:
+    """Hydra task: run one job; a user error is one line, and in a sweep it fails that job only."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        return run(cfg, run_dir)
+    except GanbenchError as e:
+        message = str(e)
+    except torch.OutOfMemoryError:
+        message = (f"out of memory on {cfg.device} with batch_size={cfg.batch_size}; "
+                   f"lower batch_size or use a smaller model.")
+    except Exception as e:  # a bug, not the user's input: keep the traceback in the run's log
+        log.debug(traceback.format_exc())
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        message = f"internal error {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
+    if not (run_dir / "metrics.json").exists():  # failed before training: leave a record for `ganbench report`
+        record = {"step": 0, "status": "failed", "error": message, "metrics": {},
+                  "config": OmegaConf.to_container(cfg, resolve=False)}
+        text = json.dumps(record, indent=2, default=str).encode()
+        checkpoint.atomic_write_bytes(run_dir / "metrics.json", lambda f: f.write(text))
+    if multirun:  # the sweep goes on; SweepFailures lists this job at its end
+        log.error(f"ganbench: error: {message}")
+        return None
+    print(f"ganbench: error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def main(argv: list[str]) -> int:
+    """`ganbench train [overrides] [-m]`: check the overrides up front (one-line errors), then hand over to Hydra."""
+    argv = config.prepare_argv(argv)
+    hydra_main = hydra.main(config_path="pkg://ganbench.conf", config_name="train", version_base="1.3")(task)
+    old_argv = sys.argv
+    sys.argv = ["ganbench train", *argv]
+    try:
+        hydra_main()
+    finally:
+        sys.argv = old_argv
+    if FAILED_JOBS:
+        print(f"ganbench: error: {len(FAILED_JOBS)} job(s) of the sweep failed; the others finished:", file=sys.stderr)
+        for line in FAILED_JOBS:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,124 @@
+"""The house's shape: imports point one way (entry points -> the run -> building blocks), with no cycle.
+
+- Entry points: the `ganbench` commands (cli dispatch, train's Hydra entry, eval/sample/features, report, bench).
+- The run: ``ganbench.train``, the loop.
+- Building blocks: everything else (config, build, step, losses, constraints, models, data, metrics, checkpoint,
+  logger, ...). They never import the run or an entry point, so a metric or a model can be used alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ganbench"
+ENTRY_POINTS = {"ganbench.cli", "ganbench.__main__", "ganbench.launch", "ganbench.evaluate", "ganbench.report",
+                "ganbench.bench"}
+RUN = {"ganbench.train"}
+# Function-level imports allowed: optional or heavy dependencies only, each with a comment at its import.
+LAZY_OK = {"torch_fidelity", "matplotlib"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+BLOCKS = sorted(set(MODULES) - ENTRY_POINTS - RUN)
+
+
+def imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, imported inside a function) for every import statement of the file."""
+    tree = ast.parse(path.read_text())
+    out = []
+
+    def visit(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                out.extend((alias.name, in_function) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                out.append((child.module, in_function))
+                # `from ganbench import checkpoint` imports the module ganbench.checkpoint
+                out.extend((f"{child.module}.{a.name}", in_function) for a in child.names
+                           if f"{child.module}.{a.name}" in MODULES)
+            visit(child, inner)
+
+    visit(tree, False)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    return {name: {m for m, _ in imports(path) if m in MODULES and m != name and m != "ganbench"}
+            for name, path in MODULES.items()}
+
+
+def test_no_import_cycle():
+    edges = graph()
+    state: dict[str, int] = {}
+
+    def walk(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                walk(nxt, stack + [nxt])
+        state[node] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            walk(name, [name])
+
+
+def test_building_blocks_never_import_the_run_or_an_entry_point():
+    edges = graph()
+    bad = [f"{block} imports {m}" for block in BLOCKS for m in sorted(edges[block]) if m in ENTRY_POINTS | RUN]
+    assert bad == []
+    # the run imports no entry point either
+    assert [m for m in edges["ganbench.train"] if m in ENTRY_POINTS] == []
+
+
+def test_function_level_imports_are_only_optional_dependencies():
+    lazy = [f"{name}: {m}" for name, path in MODULES.items() for m, in_function in imports(path)
+            if in_function and m.split(".")[0] not in LAZY_OK]
+    assert lazy == []
+
+
+# Run in a fresh interpreter: it imports the heavy third-party libraries once, then forks one child per module
+# (so each child starts with no ganbench module loaded) and prints what importing that module pulled in.
+PROBE = """
+import importlib, json, multiprocessing, sys
+import torch, torchvision, hydra, omegaconf, numpy  # shared by the children, loaded once
+names = json.loads(sys.argv[1])
+def probe(name, queue):
+    importlib.import_module(name)
+    queue.put(sorted(m for m in sys.modules if m.startswith("ganbench")))
+assert not [m for m in sys.modules if m.startswith("ganbench")]
+ctx = multiprocessing.get_context("fork")
+out = {}
+for name in names:
+    queue = ctx.Queue()
+    child = ctx.Process(target=probe, args=(name, queue))
+    child.start()
+    out[name] = queue.get(timeout=120)
+    child.join()
+print(json.dumps(out))
+"""
+
+
+def test_each_building_block_imports_alone_without_the_loop():
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(BLOCKS)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(loaded) == BLOCKS
+    assert all(name in loaded[name] for name in BLOCKS)
+    pulled = {name: [m for m in mods if m in ENTRY_POINTS | RUN] for name, mods in loaded.items()}
+    assert {name: mods for name, mods in pulled.items() if mods} == {}
