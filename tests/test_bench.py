@@ -1,20 +1,71 @@
-"""scripts/bench_throughput.py runs on the CPU and prints both loops and their ratio (no timing asserted)."""
+"""`ganbench bench` on the CPU: both loops run and the ratio line is printed (no timing is asserted); bad input is
+one line; and scripts/toy_bar.py runs its checks."""
 
 from __future__ import annotations
 
 import importlib.util
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, run_cli, tiny_overrides
+from ganbench import cli
 
 
-def test_bench_throughput_prints_the_ratio(capsys):
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(["--iters", "1", "--warmup", "1", "device=cpu", "batch_size=8", "model.generator.ch=8",
-                "model.discriminator.ch=8", "loss=wgan_gp", "constraint=none"])
+def bench_args(model: str = "dcgan_small", **extra) -> list[str]:
+    return ["bench", "--warmup", "1", "--iters", "1", *tiny_overrides(model, **extra)]
+
+
+def test_bench_prints_both_loops_and_the_ratio_on_the_cpu(tmp_cwd):
+    """The issue's check, as a user runs it (a fresh process): loss=hinge constraint=sn model=dcgan_small."""
+    result = run_cli(bench_args(loss="hinge", constraint="sn"), cwd=tmp_cwd)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ganbench bench on cpu") and "loss Hinge, constraint SpectralNorm" in lines[0]
+    ours = next(line for line in lines if line.startswith("ganbench   "))
+    theirs = next(line for line in lines if line.startswith("reference  "))
+    assert "G-steps/s" in ours and "D images/s" in ours and "peak n/a" in ours and "fast path is CUDA only" in ours
+    assert "G-steps/s" in theirs and "D images/s" in theirs
+    assert lines[-1].startswith("ratio ganbench/reference: ") and lines[-1].endswith(
+        "x G-steps/s, peak memory n/a on the CPU"), lines[-1]
+    float(lines[-1].split(": ")[1].split("x")[0])
+
+
+@pytest.mark.parametrize("pair", [
+    dict(loss="wgan_gp", constraint="none", ema_decay=0.9, **{"optim.decay": "linear"}),
+    dict(loss="sgan", constraint="gn", n_dis=2, g_batch_size=4),
+    dict(loss="wgan", constraint="gp", model="mlp", dataset="grid25"),
+], ids=["wgan_gp-ema-decay", "sgan-gn-ndis2", "wgan-gp-mlp-grid25"])
+def test_bench_reference_pairs_run(capsys, pair):
+    pair = dict(pair)
+    model = pair.pop("model", "dcgan_small")
+    assert cli.main(bench_args(model, **pair)) == 0
     out = capsys.readouterr().out
-    assert "ganbench " in out and "reference " in out and "ratio ganbench/reference:" in out
+    assert "reference  " in out and "ratio ganbench/reference: " in out
+
+
+def test_bench_times_ganbench_alone_where_the_reference_has_no_such_pair(capsys):
+    assert cli.main(bench_args(loss="ganqp", constraint="r1")) == 0
+    out = capsys.readouterr().out
+    assert "ganbench   " in out and "reference  none for loss GANQP with constraint R1Constraint" in out
+    assert not any(line.startswith("ratio ") for line in out.splitlines())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--iters", "0"], "--iters >= 1"),
+    (["--warmup", "x"], "invalid int value"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["stray"], "'stray' is neither an option nor a KEY=VALUE override"),
+    (["loss=nope"], "unknown loss 'nope'"),
+    (["no_such_key=1"], "no_such_key"),
+    (["batch_size=0"], "batch_size must be a positive integer"),
+    (["resume=auto"], "resume= overrides make no sense"),
+])
+def test_bench_bad_input_is_one_line_and_a_nonzero_exit(capsys, args, message):
+    assert cli.main(["bench", *args]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("ganbench: error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err
 
 
 def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys):

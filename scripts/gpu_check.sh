@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Issue 12's GPU checks in one command of at most 9 minutes: the fast path's tests, graph-vs-eager agreement,
+# `ganbench bench` for the issue's targets (ratios beside the eager reference), and the default job's wall time.
+#
+# Prepare here, in the project root (the GPU machine has torch but no package index):
+#   bash ../shared/tools/device-wheels.sh            # -> .whl/ (git-ignored): hydra, omegaconf, POT, ... + ganbench
+# Then one device call:
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# Every log goes to $OUT (8 files at most come back): summary.txt (stage by stage, with exit codes and seconds),
+# pytest_gpu.log, agreement.log, bench.log, train_default.log, metrics_default.json, samples_default.png, env.txt.
+# Stages run in priority order under one 530 s budget. A stage that would not fit is skipped and says so.
+#
+# On the CPU (no install, tiny models, 1 timed iteration) the same stages check the script itself:
+#   GPU_CHECK_DRY=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+BUDGET=${GPU_CHECK_BUDGET:-530}
+export PYTHONUNBUFFERED=1 GANBENCH_CACHE=/tmp/ganbench-cache
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+
+if [[ -n "${GPU_CHECK_DRY:-}" ]]; then
+  DEVICE=cpu
+  TINY=(model.generator.ch=8 model.discriminator.ch=8 batch_size=8)
+  ITERS=(--warmup 1 --iters 1)
+  STEPS=4
+  TRAIN_TINY=(steps=4 log_every=2 sample_every=2 eval_every=4 ckpt_every=4 "metrics.names=[]" metrics.primary=null
+              batch_size=8)
+else
+  DEVICE=cuda
+  TINY=()
+  ITERS=(--warmup 10 --iters 60)
+  STEPS=50
+  TRAIN_TINY=()
+fi
+PY=python3
+command -v "$PY" >/dev/null || PY=python
+
+exec 3>&1  # the terminal, whatever a stage's output is redirected to
+note() { echo "$*" >> "$SUMMARY"; echo "$*" >&3; }
+
+# stage NAME SECONDS COMMAND...: run COMMAND under `timeout`, within what is left of the budget.
+stage() {
+  local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - SECONDS))
+  if ((left < 15)); then
+    note "SKIP  $name (budget spent: ${SECONDS}s of ${BUDGET}s)"
+    return 0
+  fi
+  ((limit > left)) && limit=$left
+  local t0=$SECONDS rc=0
+  timeout "$limit" "$@" || rc=$?
+  note "$( ((rc == 0)) && echo 'OK  ' || echo 'FAIL') $name  rc=$rc  $((SECONDS - t0))s$( ((rc == 124)) && echo " (timed out at ${limit}s)")"
+}
+
+# 0. Dependencies: the carried wheels, then ganbench built from this checkout (so it is the code under test, not
+#    whatever ganbench wheel .whl/ holds; the carried one is the fallback).
+if [[ -z "${GPU_CHECK_DRY:-}" ]]; then
+  stage "install carried wheels" 120 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/site $(ls .whl/*.whl 2>/dev/null | grep -v '/ganbench-') 2>&1 | tail -3
+  export PYTHONPATH=/tmp/site
+  stage "install ganbench from the checkout" 120 $PY -m pip install -q --no-index --no-deps --no-build-isolation \
+    --no-compile --no-cache-dir --target /tmp/site . 2>&1 | tail -3
+  [[ -f /tmp/site/ganbench/fastpath.py ]] || stage "install the carried ganbench wheel (may be older)" 60 \
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/ganbench-*.whl 2>&1 | tail -3
+  export PATH=/tmp/site/bin:$PATH PYTHONSAFEPATH=1  # PYTHONSAFEPATH: import the installed ganbench, not the checkout's
+fi
+{
+  date -u; nvidia-smi 2>&1 | head -15
+  $PY -c "import sys, torch, ganbench; print(sys.version.split()[0], 'torch', torch.__version__,
+          'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA',
+          'ganbench at', ganbench.__file__)"
+  git log -1 --format='commit %H %s' 2>/dev/null; git status --short 2>/dev/null | head -20
+} > "$OUT/env.txt" 2>&1
+note "env: $(tail -n +1 "$OUT/env.txt" | grep -m1 '^3\.' || echo 'python/torch line missing, see env.txt')"
+
+# 1. The GPU tests: every pair on the GPU (tests/test_gpu.py) and the fast path's graph-vs-eager tests.
+stage "pytest -m gpu" 170 $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_fastpath.py -p no:cacheprovider \
+  $( [[ -z "${GPU_CHECK_DRY:-}" ]] && echo "-n 8" ) > "$OUT/pytest_gpu.log" 2>&1
+note "      $(tail -1 "$OUT/pytest_gpu.log")"
+
+# 2. Graph vs eager, first $STEPS steps, at the issue's real sizes: the largest differences, step by step.
+stage "graph-vs-eager agreement" 90 $PY - "$DEVICE" "$STEPS" "${TINY[@]}" > "$OUT/agreement.log" 2>&1 <<'EOF'
+import logging, sys, time
+from functools import partial
+import torch
+from ganbench import config, fastpath
+from ganbench.build import build
+from ganbench.train import train_iteration
+
+logging.basicConfig(level=logging.INFO, format="    log: %(message)s")
+log = logging.getLogger("ganbench")
+device, steps, tiny = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+CASES = {
+    "default job (dcgan_small hinge+sn b64)": [],
+    "default job, precision=bf16": ["precision=bf16"],
+    "sngan_cnn hinge+sn b64 n_dis 5": ["model=sngan_cnn", "n_dis=5"],
+    "sngan_cnn wgan_gp b64 n_dis 5": ["model=sngan_cnn", "n_dis=5", "loss=wgan_gp", "constraint=none"],
+    "sngan_cnn sgan+gn b64 n_dis 5": ["model=sngan_cnn", "n_dis=5", "loss=sgan", "constraint=gn"],
+    "sngan_resnet hinge+sn, linear decay, EMA": ["model=sngan_resnet", "n_dis=5", "optim.decay=linear",
+                                                 "ema_decay=0.999", "steps=100"],
+}
+
+def losses(overrides, fast):
+    cfg = config.compose(overrides + tiny + [f"device={device}", f"fast={fast}"])
+    r = build(cfg, torch.device(device))
+    Dw = r.constraint.wrap(r.D)
+    eager = partial(train_iteration, r, Dw, tuple(r.loss.penalties) + tuple(r.constraint.penalties))
+    iteration = fastpath.make_iteration(r, eager, cfg, log)
+    t = time.perf_counter()
+    out = torch.stack([torch.stack([d.total.clone(), g.total.clone()]) for d, g in (iteration() for _ in range(steps))])
+    return out.cpu(), fastpath.describe(iteration), time.perf_counter() - t
+
+bad = 0
+for name, overrides in CASES.items():
+    expected, _, t_eager = losses(overrides, "false")
+    got, status, t_graph = losses(overrides, "true")
+    diff = (got - expected).abs()
+    tol = 5e-2 if "bf16" in name else 2e-2
+    ok = bool(torch.allclose(got, expected, rtol=tol, atol=tol)) and status.startswith("CUDA graph (")
+    bad += not ok
+    print(f"{'ok ' if ok else 'BAD'} {name}: {status}")
+    print(f"    max |graph - eager| over {steps} steps: loss/d {diff[:, 0].max():.3e}, loss/g {diff[:, 1].max():.3e}; "
+          f"step 1: {diff[0].max():.3e}; steps 1-10: {diff[:10].max():.3e}; tolerance {tol}; "
+          f"{steps} steps took {t_eager:.2f}s eager, {t_graph:.2f}s graphed (capture included)")
+sys.exit(1 if bad and device == "cuda" else 0)
+EOF
+while read -r line; do note "      $line"; done < <(grep -E '^(ok |BAD)' "$OUT/agreement.log")
+
+# 3. `ganbench bench` for the issue's targets, most important first. Ratio lines go to the summary.
+: > "$OUT/bench.log"
+bench() {  # bench LABEL OVERRIDES...
+  local label=$1; shift
+  stage "bench $label" 75 $PY -m ganbench.cli bench "${ITERS[@]}" "$@" "${TINY[@]}" "device=$DEVICE" \
+    > /tmp/gpu_check_bench.txt 2>&1
+  { echo "### $label: ganbench bench ${ITERS[*]} $* ${TINY[*]} device=$DEVICE"; cat /tmp/gpu_check_bench.txt; echo; } \
+    >> "$OUT/bench.log"
+  note "      $(grep -E '^(ganbench   |reference  none)' /tmp/gpu_check_bench.txt)"
+  note "      $(grep -E '^(ratio|ganbench: error)' /tmp/gpu_check_bench.txt || tail -1 /tmp/gpu_check_bench.txt)"
+}
+SNGAN=(model=sngan_cnn batch_size=64 n_dis=5)
+bench "sngan_cnn b64 n_dis 5 hinge+sn (target >= 2.5x)" "${SNGAN[@]}" loss=hinge constraint=sn
+bench "sngan_cnn b64 n_dis 5 wgan_gp (target >= 2.5x)" "${SNGAN[@]}" loss=wgan_gp constraint=none
+bench "sngan_cnn b64 n_dis 5 sgan+gn (target >= 2.5x)" "${SNGAN[@]}" loss=sgan constraint=gn
+bench "dcgan_small n_dis 1 hinge+sn, default job shapes (target >= 4x)" model=dcgan_small n_dis=1 loss=hinge constraint=sn
+
+# 4. The default job, as a user runs it: wall time, steps/s, the fast path's log line, the metric curve.
+rm -rf /tmp/gb_default
+stage "default job (ganbench train)" 170 $PY -m ganbench.cli train "${TRAIN_TINY[@]}" "device=$DEVICE" progress=false \
+  hydra.run.dir=/tmp/gb_default > "$OUT/train_default.log" 2>&1
+cp /tmp/gb_default/metrics.json "$OUT/metrics_default.json" 2>/dev/null
+cp "$(ls /tmp/gb_default/samples/*.png 2>/dev/null | tail -1)" "$OUT/samples_default.png" 2>/dev/null
+note "      $(grep -m1 'fast path' "$OUT/train_default.log" || echo 'no fast-path log line in train_default.log')"
+note "      $($PY -c "import json; m = json.load(open('$OUT/metrics_default.json'));
+print('wall_time_s', m['wall_time_s'], 'status', m['status'], 'history',
+      [(h['step'], {k: round(v, 1) for k, v in h['metrics'].items()}) for h in m['history']])" 2>&1 | tail -1)"
+note "      $(grep -E 'steps/s' "$OUT/train_default.log" | tail -1)"
+
+# 5. Also asked for: batch 256, sngan_resnet, bf16, and ganbench eager (fast=false) against the same reference.
+BIG=(model=sngan_cnn batch_size=256 n_dis=5)
+bench "sngan_cnn b256 n_dis 5 hinge+sn" "${BIG[@]}" loss=hinge constraint=sn
+bench "sngan_cnn b256 n_dis 5 wgan_gp" "${BIG[@]}" loss=wgan_gp constraint=none
+bench "sngan_cnn b256 n_dis 5 sgan+gn" "${BIG[@]}" loss=sgan constraint=gn
+RES=(model=sngan_resnet batch_size=64 n_dis=5)
+bench "sngan_resnet b64 n_dis 5 hinge+sn" "${RES[@]}" loss=hinge constraint=sn
+bench "sngan_resnet b64 n_dis 5 wgan_gp" "${RES[@]}" loss=wgan_gp constraint=none
+bench "sngan_resnet b64 n_dis 5 sgan+gn" "${RES[@]}" loss=sgan constraint=gn
+bench "sngan_cnn b64 n_dis 5 hinge+sn, precision=bf16" "${SNGAN[@]}" loss=hinge constraint=sn precision=bf16
+bench "sngan_cnn b64 n_dis 5 hinge+sn, fast=false (ganbench eager)" "${SNGAN[@]}" loss=hinge constraint=sn fast=false
+note "done in ${SECONDS}s"

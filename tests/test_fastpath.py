@@ -1,0 +1,291 @@
+"""The CUDA fast path (ganbench/fastpath.py).
+
+On the CPU: make_iteration leaves the iteration alone, and everything the graph path runs besides the capture
+computes what the eager path computes. That is the capturable optimizers, the tensor lr, the schedulers held back
+during the iteration and stepped after it, and the checkpoint format. Capture itself needs CUDA: the ``gpu`` tests at
+the bottom check graph-vs-eager agreement over the first 50 steps, and the eager fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import partial
+
+import pytest
+import torch
+
+from conftest import compose, tiny_overrides
+from ganbench import checkpoint, fastpath
+from ganbench.build import build
+from ganbench.train import train_iteration
+
+log = logging.getLogger("ganbench")
+
+
+def make_run(overrides: list[str], device: str = "cpu", foreach: bool | None = None):
+    """A built run and its eager iteration, exactly as `ganbench train` composes them."""
+    cfg = compose([o for o in overrides if not o.startswith("device=")] + [f"device={device}"])
+    r = build(cfg, torch.device(device))
+    if foreach is not None:
+        for opt in (r.opt_g, r.opt_d):
+            for group in opt.param_groups:
+                group["foreach"] = foreach
+    Dw = r.constraint.wrap(r.D)
+    penalties = tuple(r.loss.penalties) + tuple(r.constraint.penalties)
+    return r, partial(train_iteration, r, Dw, penalties)
+
+
+def prepared_iteration(r, eager):
+    """What a replay does, without the capture: the iteration with the schedulers held back, then the host side."""
+    fastpath.prepare(r)
+    lr_tensors = {opt: [g["lr"] if torch.is_tensor(g["lr"]) else None for g in opt.param_groups]
+                  for opt in (r.opt_g, r.opt_d)}
+
+    def iteration():
+        with fastpath.held_back(r.schedulers):
+            out = eager()
+        fastpath.step_schedulers(r, lr_tensors)
+        return out
+    return iteration
+
+
+def losses(iteration, steps: int) -> torch.Tensor:
+    """(steps, 2): loss/d and loss/g of each iteration, copied out before the next call (static outputs)."""
+    return torch.stack([torch.stack([d.total.detach().clone(), g.total.detach().clone()])
+                        for d, g in (iteration() for _ in range(steps))])
+
+
+def weights(r) -> list[torch.Tensor]:
+    return [t.detach().clone() for m in (r.G, r.D) for t in (*m.parameters(), *m.buffers())]
+
+
+@pytest.fixture
+def capturable_on_cpu(monkeypatch):
+    """torch allows capturable optimizers on CUDA-like devices only; the arithmetic itself runs on the CPU too."""
+    devices = lambda *args, **kwargs: ["cpu", "cuda"]  # noqa: E731
+    for module in ("torch.optim.adam", "torch.optim.rmsprop"):
+        monkeypatch.setattr(importlib.import_module(module), "_get_capturable_supported_devices", devices)
+
+
+# Pairs that between them use every hook the graph must hold: SN's power iteration, GP/R1/div double backward,
+# GN/GraN in both steps, clipping with RMSprop, GAN-QP's real batch in the G step, the LR schedule and the EMA.
+PAIRS = [
+    ["loss=hinge", "constraint=sn"],
+    ["loss=wgan_gp", "constraint=none", "optim.decay=linear", "ema_decay=0.9"],
+    ["loss=sgan", "constraint=gn", "n_dis=2"],
+    ["loss=lsgan", "constraint=gran"],
+    ["loss=ganqp", "constraint=r1", "optim.decay=linear"],
+    ["loss=wgan_div", "constraint=none"],
+    ["loss=wgan", "constraint=clip", "optim=rmsprop", "optim.decay=linear"],
+]
+STEPS = 6
+
+
+def test_cpu_gets_the_eager_iteration_itself():
+    r, eager = make_run(tiny_overrides("dcgan"))
+    for cfg in (r.cfg, compose(tiny_overrides("dcgan", fast=False, precision="bf16", channels_last=True))):
+        assert fastpath.make_iteration(r, eager, cfg, log) is eager
+    assert not any(g.get("capturable") for opt in (r.opt_g, r.opt_d) for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(o.split("=")[1] for o in p[:2]))
+def test_prepared_iteration_is_the_eager_iteration_bit_for_bit(capturable_on_cpu, pair):
+    """Same optimizer arithmetic on both sides (capturable, float lr): the graph path's host logic changes nothing.
+
+    Held-back schedulers stepped after the iteration, and a float32 tensor lr written in place, give the same bits
+    as the eager loop. RMSprop with a tensor lr divides by it rather than scaling by it, so it is compared to float
+    rounding instead.
+    """
+    overrides = tiny_overrides("dcgan", steps=20) + pair
+    r_eager, eager = make_run(overrides, foreach=True)
+    for opt in (r_eager.opt_g, r_eager.opt_d):
+        fastpath.make_capturable(opt, tensor_lr=False)
+    expected = losses(eager, STEPS)
+    r, eager = make_run(overrides, foreach=True)
+    got = losses(prepared_iteration(r, eager), STEPS)
+    if "optim=rmsprop" in pair:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-8)
+    else:
+        assert torch.equal(got, expected)
+        assert all(torch.equal(a, b) for a, b in zip(weights(r), weights(r_eager)))
+    lrs = [float(g["lr"]) for opt in (r.opt_g, r.opt_d) for g in opt.param_groups]
+    assert lrs == pytest.approx([float(g["lr"]) for opt in (r_eager.opt_g, r_eager.opt_d) for g in opt.param_groups],
+                                rel=1e-6)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(o.split("=")[1] for o in p[:2]))
+def test_prepared_iteration_matches_eager_within_float_rounding(capturable_on_cpu, pair):
+    """Against the eager loop as `ganbench train` runs it (non-capturable optimizers), from the same seed.
+
+    With n_dis=1 the first D loss is bitwise equal (nothing has been updated yet). After that they differ by float32
+    rounding only. Capturable Adam computes its bias correction in float32 tensors, where the eager Adam uses
+    float64 on the host. Adam's normalised step can turn such a difference in a near-zero gradient into up to one
+    lr of weight change, hence the weight tolerance of a few lr.
+    """
+    overrides = tiny_overrides("dcgan", steps=20) + pair
+    r_eager, eager = make_run(overrides, foreach=True)
+    expected = losses(eager, STEPS)
+    r, eager = make_run(overrides, foreach=True)
+    got = losses(prepared_iteration(r, eager), STEPS)
+    if r.cfg.n_dis == 1:
+        assert torch.equal(got[0, 0], expected[0, 0])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for a, b in zip(weights(r), weights(r_eager)):
+        torch.testing.assert_close(a, b, rtol=0, atol=5 * float(r.cfg.optim.lr_d))
+
+
+def test_prepared_optimizers_are_capturable_with_tensor_lr_only_under_a_schedule(capturable_on_cpu):
+    r, _ = make_run(tiny_overrides("dcgan"))
+    fastpath.prepare(r)
+    assert all(g["capturable"] and isinstance(g["lr"], float) for opt in (r.opt_g, r.opt_d) for g in opt.param_groups)
+    r, _ = make_run(tiny_overrides("dcgan", **{"optim.decay": "linear"}))
+    fastpath.prepare(r)
+    assert all(g["capturable"] and torch.is_tensor(g["lr"]) for opt in (r.opt_g, r.opt_d) for g in opt.param_groups)
+
+
+def test_checkpoints_of_a_prepared_run_are_eager_checkpoints(capturable_on_cpu, tmp_path):
+    """A fast run's checkpoint resumes in an eager run, which continues as the fast run does (to float rounding)."""
+    overrides = tiny_overrides("dcgan", steps=20, **{"optim.decay": "linear"})
+    r, eager = make_run(overrides)
+    iteration = prepared_iteration(r, eager)
+    losses(iteration, 3)
+    r.step = 3
+    for opt in (r.opt_g, r.opt_d):
+        state = opt.state_dict()
+        assert all(g["capturable"] is False and isinstance(g["lr"], float) for g in state["param_groups"])
+        assert all(s["step"].device.type == "cpu" and float(s["step"]) == 3 for s in state["state"].values())
+        assert all(g["capturable"] and torch.is_tensor(g["lr"]) for g in opt.param_groups)  # the live one is kept
+    checkpoint.save(r.state(), tmp_path)
+    saved = checkpoint.load(tmp_path / "last.pt")
+    r_eager, eager = make_run(overrides)
+    r_eager.restore(saved, tmp_path / "last.pt")  # also restores the RNG state of step 3
+    assert all(g["capturable"] is False and isinstance(g["lr"], float) for g in r_eager.opt_d.param_groups)
+    assert [float(g["lr"]) for g in r_eager.opt_d.param_groups] == pytest.approx(
+        [float(g["lr"]) for g in r.opt_d.param_groups])
+    expected = losses(eager, 3)
+    torch.set_rng_state(saved["rng"]["cpu"])
+    torch.testing.assert_close(losses(iteration, 3), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_held_back_schedulers_do_not_step_and_come_back():
+    r, _ = make_run(tiny_overrides("dcgan", **{"optim.decay": "linear"}))
+    lrs = [g["lr"] for g in r.opt_g.param_groups]
+    with fastpath.held_back(r.schedulers):
+        for s in r.schedulers:
+            s.step()
+    assert [s.last_epoch for s in r.schedulers] == [0, 0] and [g["lr"] for g in r.opt_g.param_groups] == lrs
+    for s in r.schedulers:
+        s.step()
+    assert [s.last_epoch for s in r.schedulers] == [1, 1]
+
+
+def test_an_optimizer_without_a_capturable_mode_is_named():
+    r, _ = make_run(tiny_overrides("dcgan"))
+    assert fastpath.not_capturable(r) is None
+    r.opt_d = torch.optim.SGD(r.D.parameters(), lr=0.1)
+    assert fastpath.not_capturable(r) == "the D optimizer (SGD) has no capturable mode"
+
+
+# ---------------------------------------------------------------------------------------------------- CUDA only
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+LOSSES = ["sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"]
+CONSTRAINTS = ["none", "clip", "sn", "gp", "r1", "gn", "gran"]
+GPU_STEPS = 50
+
+
+def graph_and_eager(overrides: list[str], steps: int = GPU_STEPS, caplog=None):
+    """Losses of the first ``steps`` iterations with the fast path (fast=true) and eagerly (fast=false)."""
+    r, eager = make_run(overrides + ["fast=false"], device="cuda")
+    expected = losses(fastpath.make_iteration(r, eager, r.cfg, log), steps)
+    r, eager = make_run(overrides + ["fast=true"], device="cuda")
+    iteration = fastpath.make_iteration(r, eager, r.cfg, log)
+    got = losses(iteration, steps)
+    return got, expected, iteration
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_graph_agrees_with_eager_for_50_steps(loss, constraint):
+    """Every pair is captured whole, and its first 50 losses match the eager run's (TF32-level tolerance).
+
+    The random stream is the same in both (graph replays advance the philox offset as eager kernels do). The
+    differences are capturable Adam's float32 bias correction and TF32 convolutions, grown over 50 updates.
+    """
+    got, expected, iteration = graph_and_eager(tiny_overrides("dcgan", steps=100, loss=loss, constraint=constraint))
+    assert fastpath.describe(iteration).startswith("CUDA graph ("), fastpath.describe(iteration)
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+SETTINGS = {
+    "mlp-grid25-schedule-ema-rmsprop": tiny_overrides("mlp", steps=100, dataset="grid25", loss="wgan",
+                                                      constraint="clip", optim="rmsprop", n_dis=3,
+                                                      ema_decay=0.99, **{"optim.decay": "linear"}),
+    "sngan_resnet-hinge-sn-ndis5": tiny_overrides("sngan_resnet", steps=100, n_dis=5, ema_decay=0.999),
+    "sngan_cnn-wgan_gp-adam-schedule": tiny_overrides("sngan_cnn", steps=100, loss="wgan_gp", constraint="none",
+                                                      g_batch_size=16, **{"optim.decay": "linear"}),
+}
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_graph_agrees_with_eager_other_models_and_schedules(name):
+    got, expected, iteration = graph_and_eager(SETTINGS[name])
+    assert fastpath.describe(iteration).startswith("CUDA graph ("), fastpath.describe(iteration)
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("pair", [["loss=hinge", "constraint=sn"], ["loss=sgan", "constraint=gn"]],
+                         ids=["hinge-sn", "sgan-gn"])
+def test_bf16_channels_last_graph_agrees_with_eager_bf16(pair):
+    overrides = tiny_overrides("dcgan", steps=100) + pair + ["precision=bf16", "channels_last=true"]
+    got, expected, iteration = graph_and_eager(overrides)
+    assert fastpath.describe(iteration).startswith("CUDA graph ("), fastpath.describe(iteration)
+    torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_capture_failure_falls_back_to_eager_with_one_log_line(caplog):
+    """An iteration with a host sync cannot be captured: it runs eagerly on, and one line says why."""
+    r, eager = make_run(tiny_overrides("dcgan", steps=100), device="cuda")
+
+    def syncing_iteration():
+        d, g = eager()
+        if float(d.total) > 1e30:  # a host sync: not allowed while a graph is being captured
+            pass
+        return d, g
+    with caplog.at_level(logging.INFO, logger="ganbench"):
+        iteration = fastpath.make_iteration(r, syncing_iteration, r.cfg, log)
+        got = losses(iteration, 10)
+    assert fastpath.describe(iteration).startswith("eager fallback (capture failed: ")
+    lines = [rec.getMessage() for rec in caplog.records if "fast path" in rec.getMessage()]
+    assert len(lines) == 1 and "runs eagerly from now on" in lines[0], lines
+    r_eager, eager = make_run(tiny_overrides("dcgan", steps=100, fast=False), device="cuda")
+    torch.testing.assert_close(got, losses(eager, 10), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_graphed_runs_checkpoint_resumes_eagerly_on_the_cpu(tmp_path):
+    overrides = tiny_overrides("dcgan", steps=100, **{"optim.decay": "linear"})
+    r, eager = make_run(overrides, device="cuda")
+    iteration = fastpath.make_iteration(r, eager, r.cfg, log)
+    losses(iteration, 10)
+    assert fastpath.describe(iteration).startswith("CUDA graph (")
+    r.step = 10
+    checkpoint.save(r.state(), tmp_path)
+    r_cpu, eager_cpu = make_run(overrides, device="cpu")
+    r_cpu.restore(checkpoint.load(tmp_path / "last.pt"), tmp_path / "last.pt")
+    state = r_cpu.opt_g.state_dict()
+    assert all(float(s["step"]) == 10 for s in state["state"].values())
+    assert r_cpu.schedulers[0].last_epoch == 10
+    assert torch.isfinite(losses(eager_cpu, 2)).all()
