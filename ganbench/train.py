@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import signal
 import time
 from functools import partial
@@ -23,7 +21,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config
+from ganbench import checkpoint, config, fastpath
 from ganbench.build import Run, build, generate, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.logger import Progress, RunLogger
@@ -32,8 +30,9 @@ from ganbench.step import Parts, d_step, ema_update, g_step, lipschitz_estimate
 
 log = logging.getLogger("ganbench")
 
-# Signals that end a run cleanly with a checkpoint: Ctrl-C, `kill`, and Slurm's pre-emption warning.
-STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 138}
+# Signals that end a run cleanly with a checkpoint: Ctrl-C, `kill`, and the pre-emption / time-limit warnings of a
+# cluster (Slurm's `--signal=USR1@90`; USR2 is submitit's, whose own handler then requeues the job: StopSignals).
+STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 138, signal.SIGUSR2: 140}
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -46,10 +45,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     r = build(cfg, device)
     ckpts = Checkpoints(run_dir / "checkpoints", resume(r, run_dir))
-    record.attach(r)
+    record.attach(r, ckpts)
     Dw = r.constraint.wrap(r.D)  # GN/GraN wrap D's forward; the other constraints return D itself
     penalties = tuple(r.loss.penalties) + tuple(r.constraint.penalties)
-    iteration = partial(train_iteration, r, Dw, penalties)
+    iteration = fastpath.make_iteration(r, partial(train_iteration, r, Dw, penalties), cfg, log)  # CUDA graph
     tb = RunLogger(run_dir, purge_step=r.step + 1 if r.step else None)
     announce(r, run_dir, tb)
     scalars = Scalars(r, Dw, tb, Progress(cfg.steps, r.step, cfg.progress))
@@ -88,6 +87,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 tb.hparams(config.hparams(cfg), record.metrics)
             tb.close()
     if exit_code:
+        stop.pass_on()  # e.g. submitit's requeue, now that the checkpoint is saved
         raise SystemExit(exit_code)
     return record.metrics
 
@@ -108,21 +108,28 @@ def train_iteration(r: Run, Dw: Callable, penalties: tuple) -> tuple[Parts, Part
     return d, g
 
 
-def resume(r: Run, run_dir: Path) -> int | None:
-    """Restore the checkpoint ``resume=`` names (``auto``: this run dir's, if any); returns its step, or None."""
+def resume(r: Run, run_dir: Path) -> tuple[Path, int] | None:
+    """Restore the checkpoint ``resume=`` names (``auto``: this run dir's newest loadable one, if any, falling back
+    to prev.pt when last.pt is damaged); returns (its path, its step), or None."""
     cfg = r.cfg
     if not cfg.resume:
         return None
-    path = checkpoint.find(run_dir if cfg.resume == "auto" else cfg.resume)
-    if path is None:
-        if cfg.resume == "auto":
+    if cfg.resume == "auto":
+        found = checkpoint.load_latest(run_dir)
+        if found is None:
             return None
-        raise GanbenchError(f"resume={cfg.resume} holds no checkpoint (looked for checkpoints/last.pt and prev.pt).")
-    r.restore(checkpoint.load(path), path)
+        state, path = found
+    else:
+        path = checkpoint.find(cfg.resume)
+        if path is None:
+            raise GanbenchError(f"resume={cfg.resume} holds no checkpoint "
+                                f"(looked for checkpoints/last.pt and prev.pt).")
+        state = checkpoint.load(path)
+    r.restore(state, path)
     log.info(f"resumed from {path} at step {r.step}")
     if r.step >= cfg.steps:
         log.info(f"nothing to do: the checkpoint is at step {r.step} and steps={cfg.steps}")
-    return r.step
+    return path, r.step
 
 
 def announce(r: Run, run_dir: Path, tb: RunLogger) -> None:
@@ -206,25 +213,27 @@ class Checkpoints:
     what is true.
     """
 
-    def __init__(self, ckpt_dir: Path, resumed_step: int | None):
+    def __init__(self, ckpt_dir: Path, resumed: tuple[Path, int] | None):
         self.dir = ckpt_dir
-        self.last_good = resumed_step
+        self.last_good = resumed  # (path, step) of the newest complete checkpoint of this run, or None
 
     def describe(self) -> str:
         if self.last_good is None:
             return "no checkpoint had been written yet"
-        return f"the last good checkpoint (step {self.last_good}) is kept in {self.dir}"
+        path, step = self.last_good
+        return f"the last good checkpoint (step {step}) is {path}"
 
     def save(self, r: Run, scalars: Scalars, best: bool = False) -> None:
         scalars.check_finite(self.describe())
         if not all(torch.isfinite(p).all() for p in r.D.parameters()):
             raise GanbenchError(f"training diverged: D's weights became non-finite by step {r.step}; "
                                 f"{self.describe()}.")
-        checkpoint.save(r.state(), self.dir)
-        self.last_good = r.step
-        if best:  # for `ganbench eval --checkpoint best`
-            shutil.copyfile(self.dir / "last.pt", self.dir / ".best.pt.tmp")
-            os.replace(self.dir / ".best.pt.tmp", self.dir / "best.pt")
+        try:
+            self.last_good = checkpoint.save(r.state(), self.dir), r.step
+            if best:  # for `ganbench eval --checkpoint best`
+                checkpoint.copy_file(self.dir / "last.pt", self.dir / "best.pt")
+        except checkpoint.WriteFailed as e:
+            raise e.with_context(self.describe()) from None
 
 
 class Record:
@@ -236,12 +245,13 @@ class Record:
     def __init__(self, run_dir: Path, t_start: float):
         self.run_dir, self.t_start = run_dir, t_start
         self.r: Run | None = None
+        self.ckpts: Checkpoints | None = None
         self.status, self.error = "failed", None
         self.metrics: dict = {}
         self.protocol: dict = {}
 
-    def attach(self, r: Run) -> None:
-        self.r = r
+    def attach(self, r: Run, ckpts: Checkpoints) -> None:
+        self.r, self.ckpts = r, ckpts
         self.metrics = r.history[-1]["metrics"] if r.history else {}
 
     def evaluate(self, r: Run, tb: RunLogger) -> bool:
@@ -282,11 +292,22 @@ class Record:
         if self.error:
             record["error"] = self.error
         text = json.dumps(record, indent=2, default=str).encode()
-        checkpoint.atomic_write_bytes(self.run_dir / "metrics.json", lambda f: f.write(text))
+        try:
+            checkpoint.atomic_write_bytes(self.run_dir / "metrics.json", lambda f: f.write(text))
+        except checkpoint.WriteFailed as e:
+            if self.error is not None:  # the run already failed (often for the same reason): keep that message
+                log.warning(f"{e} (the run had already stopped: {self.error})")
+                return
+            raise e.with_context(self.ckpts.describe() if self.ckpts else "") from None
 
 
 class StopSignals:
-    """Records a stop signal; the loop checks it once per step (a host bool, no GPU sync)."""
+    """Records a stop signal; the loop checks it once per step (a host bool, no GPU sync).
+
+    A handler that was installed before (submitit's: checkpoint the job's callable and requeue it) is not lost: after
+    the run has saved its checkpoint, :meth:`pass_on` hands the signal to it. Python's defaults (terminate, or
+    KeyboardInterrupt for Ctrl-C) are not passed on: the run exits with its own code.
+    """
 
     def __init__(self):
         self.signum = None
@@ -302,6 +323,11 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         self.signum = signum
+
+    def pass_on(self) -> None:
+        old = self._old.get(self.signum)
+        if callable(old) and old is not signal.default_int_handler:
+            old(self.signum, None)
 
     def __exit__(self, *exc):
         for s, old in self._old.items():

@@ -3,9 +3,20 @@ of `hydra/launcher=submitit_slurm`, without Slurm). Each job runs in another pro
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
+import torch
 
 from conftest import read_metrics, run_cli, tiny_overrides
+from ganbench import checkpoint
+from test_train import scalars
 
 LAUNCHERS = {
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
@@ -60,3 +71,79 @@ def test_every_launcher_gives_the_same_table(tmp_cwd):
         assert (tmp_cwd / name / "report.csv").is_file()
     assert len(tables["basic"]) == 4
     assert tables["joblib"] == tables["basic"] and tables["submitit_local"] == tables["basic"]
+
+
+def _descendants(pid: int) -> list[int]:
+    """The process ids under ``pid`` (Linux /proc), children first."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        children = [p for p, parent in parents.items() if parent == todo[0]]
+        out += children
+        todo = todo[1:] + children
+    return out
+
+
+def _wait_until(condition, proc, timeout=180.0) -> None:
+    """Poll ``condition`` until it holds; fail if the launching process ended first or the deadline passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"ended before the condition held: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the job process through Linux /proc")
+@pytest.mark.parametrize("sig", ["USR2", "USR1"])
+def test_submitit_requeue_resumes_from_the_checkpoint(tmp_cwd, sig):
+    """Slurm's time-limit / pre-emption warning (``--signal=USR2@90``; USR1 where SUBMITIT_PREEMPT_SIGNAL says so),
+    sent to a job of submitit's local executor: ganbench saves a checkpoint and hands the signal on to submitit,
+    which requeues the job; the requeued job resumes from that checkpoint (resume=auto, the same job directory) and
+    ends at the requested step, bit for bit where an unbroken run ends."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    over = [*tiny_overrides("mlp", dataset="grid25", steps=300, ckpt_every=5, eval_every=100, sample_every=100),
+            "resume=auto"]
+    cmd = [sys.executable, "-m", "ganbench", "train", "-m", *LAUNCHERS["submitit_local"], *over,
+           "hydra.sweep.dir=sweep"]
+    env = dict(os.environ, SUBMITIT_PREEMPT_SIGNAL=sig)
+    proc = subprocess.Popen(cmd, cwd=tmp_cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    job_dir = tmp_cwd / "sweep" / "0_hinge_sn"
+    try:
+        _wait_until((job_dir / "checkpoints" / "last.pt").exists, proc)
+        # the job process (not submitit's controller above it, which would die of a USR signal)
+        jobs = [p for p in _descendants(proc.pid)
+                if b"submitit.core._submit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(jobs) == 1
+        os.kill(jobs[0], getattr(signal, f"SIG{sig}"))
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+
+    log = (job_dir / "train.log").read_text()
+    stopped = re.search(rf"stopped by SIG{sig} at step (\d+); checkpoint saved", log)
+    assert stopped, log[-3000:]
+    k = int(stopped.group(1))
+    assert 0 < k < 300
+    submitit_logs = "".join(p.read_text() for p in (tmp_cwd / "sweep" / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in submitit_logs
+    assert f"resumed from {job_dir / 'checkpoints' / 'last.pt'} at step {k}" in log
+    record = read_metrics(job_dir)
+    assert record["status"] == "completed" and record["step"] == 300
+    assert [s for s, _ in scalars(job_dir)["loss/d"]] == list(range(1, 301))  # each step logged once
+
+    # the same job unbroken, through the basic launcher: the requeued run ends on the same weights
+    assert run_cli(["train", *over, "hydra.run.dir=straight"], tmp_cwd).returncode == 0
+    a = checkpoint.load(tmp_cwd / "straight" / "checkpoints" / "last.pt")
+    b = checkpoint.load(job_dir / "checkpoints" / "last.pt")
+    for net in ("G", "D"):
+        assert all(torch.equal(a[net][key], b[net][key]) for key in a[net]), net
+    assert read_metrics(tmp_cwd / "straight")["metrics"] == record["metrics"]
