@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +130,7 @@ def _short(node: DictConfig) -> str:
 def _line(result: tuple[float, float], cfg: DictConfig) -> str:
     rate, peak = result
     images = rate * cfg.n_dis * 2 * cfg.batch_size
-    memory = f"peak {peak:9.1f} MiB" if peak == peak else "peak n/a"
+    memory = "peak n/a" if math.isnan(peak) else f"peak {peak:9.1f} MiB"
     return f"{rate:9.2f} G-steps/s  {images:11.0f} D images/s  {memory}"
 
 

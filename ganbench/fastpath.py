@@ -25,8 +25,8 @@ bf16 autocast (``precision=bf16``) and ``channels_last`` apply on CUDA with or w
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -224,6 +224,9 @@ class GraphedIteration:
     def _capture(self) -> tuple[Parts, Parts]:
         graph = torch.cuda.CUDAGraph()
         epochs = [s.last_epoch for s in self.r.schedulers]
+        generator = torch.cuda.default_generators[self.r.device.index if self.r.device.index is not None
+                                                  else torch.cuda.current_device()]
+        rng = generator.clone_state()  # a failed capture can leave the generator in capture mode: restored from this
         try:
             with held_back(self.r.schedulers), torch.cuda.graph(graph, stream=self.stream):
                 out = self.iteration()
@@ -231,11 +234,9 @@ class GraphedIteration:
                 raise RuntimeError("an LR scheduler stepped inside the captured iteration")
         except Exception as e:  # nothing ran during the capture: the model and optimizer state are untouched
             del graph
+            generator.graphsafe_set_state(rng)
             torch.cuda.synchronize(self.r.device)  # a sticky CUDA error surfaces here rather than later
-            why = " ".join(str(e).split())[:300] or type(e).__name__
-            self.eager, self.status = True, f"eager fallback (capture failed: {why})"
-            self.log.info(f"fast path: the training iteration could not be captured as a CUDA graph and runs "
-                          f"eagerly from now on: {type(e).__name__}: {why}")
+            self._fall_back(e)
             return self.iteration()
         graph.replay()
         step_schedulers(self.r, self.lr_tensors)
@@ -244,3 +245,13 @@ class GraphedIteration:
         self.log.info(f"fast path: the training iteration runs as one CUDA graph (captured after {self.warmup} "
                       f"eager iterations)")
         return out
+
+    def _fall_back(self, e: Exception) -> None:
+        """Eager from now on, with one log line naming the first error (a failed capture raises a second one)."""
+        while e.__context__ is not None and e.__context__ is not e:
+            e = e.__context__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = f"{type(e).__name__}: {lines[0][:240] if lines else 'no message'}"
+        self.eager, self.status = True, f"eager fallback (capture failed: {why})"
+        self.log.info(f"fast path: the training iteration could not be captured as a CUDA graph and runs eagerly "
+                      f"from now on ({why})")

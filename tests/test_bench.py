@@ -31,9 +31,9 @@ def test_bench_prints_both_loops_and_the_ratio_on_the_cpu(tmp_cwd):
 
 
 @pytest.mark.parametrize("pair", [
-    dict(loss="wgan_gp", constraint="none", ema_decay=0.9, **{"optim.decay": "linear"}),
-    dict(loss="sgan", constraint="gn", n_dis=2, g_batch_size=4),
-    dict(loss="wgan", constraint="gp", model="mlp", dataset="grid25"),
+    {"loss": "wgan_gp", "constraint": "none", "ema_decay": 0.9, "optim.decay": "linear"},
+    {"loss": "sgan", "constraint": "gn", "n_dis": 2, "g_batch_size": 4},
+    {"loss": "wgan", "constraint": "gp", "model": "mlp", "dataset": "grid25"},
 ], ids=["wgan_gp-ema-decay", "sgan-gn-ndis2", "wgan-gp-mlp-grid25"])
 def test_bench_reference_pairs_run(capsys, pair):
     pair = dict(pair)

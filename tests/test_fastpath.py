@@ -63,7 +63,8 @@ def weights(r) -> list[torch.Tensor]:
 @pytest.fixture
 def capturable_on_cpu(monkeypatch):
     """torch allows capturable optimizers on CUDA-like devices only; the arithmetic itself runs on the CPU too."""
-    devices = lambda *args, **kwargs: ["cpu", "cuda"]  # noqa: E731
+    def devices(*args, **kwargs) -> list[str]:
+        return ["cpu", "cuda"]
     for module in ("torch.optim.adam", "torch.optim.rmsprop"):
         monkeypatch.setattr(importlib.import_module(module), "_get_capturable_supported_devices", devices)
 
@@ -194,69 +195,106 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 LOSSES = ["sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"]
 CONSTRAINTS = ["none", "clip", "sn", "gp", "r1", "gn", "gran"]
 GPU_STEPS = 50
+TF32, BF16 = 2e-2, 5e-2
 
 
-def graph_and_eager(overrides: list[str], steps: int = GPU_STEPS, caplog=None):
-    """Losses of the first ``steps`` iterations with the fast path (fast=true) and eagerly (fast=false)."""
-    r, eager = make_run(overrides + ["fast=false"], device="cuda")
-    expected = losses(fastpath.make_iteration(r, eager, r.cfg, log), steps)
+@pytest.fixture
+def deterministic_cudnn():
+    """Deterministic cuDNN kernels, so that graph and eager runs differ only by what the test is about."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def graphed(overrides: list[str], steps: int = GPU_STEPS):
+    """Losses of the first ``steps`` iterations through make_iteration with fast=true, and the iteration."""
     r, eager = make_run(overrides + ["fast=true"], device="cuda")
     iteration = fastpath.make_iteration(r, eager, r.cfg, log)
-    got = losses(iteration, steps)
-    return got, expected, iteration
+    return losses(iteration, steps), iteration
+
+
+def eager_same_arithmetic(overrides: list[str], steps: int = GPU_STEPS) -> torch.Tensor:
+    """The graph path without the capture: capturable optimizers, tensor lr, schedulers after the iteration."""
+    r, eager = make_run(overrides + ["fast=true"], device="cuda")
+    if r.cfg.channels_last:
+        fastpath.to_channels_last(r)
+    if r.cfg.precision == "bf16":
+        eager = fastpath.bf16_autocast(eager)
+    return losses(prepared_iteration(r, eager), steps)
+
+
+def eager_fast_false(overrides: list[str], steps: int = GPU_STEPS) -> torch.Tensor:
+    """The eager loop `ganbench train fast=false` runs (the optimizers as Hydra built them)."""
+    r, eager = make_run(overrides + ["fast=false"], device="cuda")
+    return losses(fastpath.make_iteration(r, eager, r.cfg, log), steps)
+
+
+def assert_captured(iteration) -> None:
+    assert fastpath.describe(iteration).startswith("CUDA graph ("), fastpath.describe(iteration)
 
 
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_graph_agrees_with_eager_for_50_steps(loss, constraint):
-    """Every pair is captured whole, and its first 50 losses match the eager run's (TF32-level tolerance).
+def test_graph_agrees_with_eager_for_50_steps(deterministic_cudnn, loss, constraint):
+    """Every pair is captured whole, and its first 50 losses match the eager iteration's (TF32 tolerance).
 
-    The random stream is the same in both (graph replays advance the philox offset as eager kernels do). The
-    differences are capturable Adam's float32 bias correction and TF32 convolutions, grown over 50 updates.
+    The eager side runs the same optimizer arithmetic (capturable Adam), so that the graph itself is what is
+    compared: the same kernels and the same random stream (a replay advances the philox offset as the eager kernels
+    do), hence equal up to rounding. Against the fast=false loop (plain Adam) the first 10 steps must agree too.
+    Later steps are not compared with it: a GAN's losses amplify float32 rounding chaotically. On the CPU, plain
+    vs capturable Adam alone puts 7 of the 49 tiny pairs more than 2e-2 apart by step 50 (under 5e-3 at step 10).
     """
-    got, expected, iteration = graph_and_eager(tiny_overrides("dcgan", steps=100, loss=loss, constraint=constraint))
-    assert fastpath.describe(iteration).startswith("CUDA graph ("), fastpath.describe(iteration)
+    overrides = tiny_overrides("dcgan", steps=100, loss=loss, constraint=constraint)
+    got, iteration = graphed(overrides)
+    assert_captured(iteration)
+    expected = eager_same_arithmetic(overrides)
     assert torch.isfinite(expected).all()
-    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, expected, rtol=TF32, atol=TF32)
+    torch.testing.assert_close(got[:10], eager_fast_false(overrides, 10), rtol=TF32, atol=TF32)
 
 
 SETTINGS = {
     "mlp-grid25-schedule-ema-rmsprop": tiny_overrides("mlp", steps=100, dataset="grid25", loss="wgan",
                                                       constraint="clip", optim="rmsprop", n_dis=3,
                                                       ema_decay=0.99, **{"optim.decay": "linear"}),
-    "sngan_resnet-hinge-sn-ndis5": tiny_overrides("sngan_resnet", steps=100, n_dis=5, ema_decay=0.999),
-    "sngan_cnn-wgan_gp-adam-schedule": tiny_overrides("sngan_cnn", steps=100, loss="wgan_gp", constraint="none",
-                                                      g_batch_size=16, **{"optim.decay": "linear"}),
+    "sngan_resnet-hinge-sn-ndis5-ema": tiny_overrides("sngan_resnet", steps=100, n_dis=5, ema_decay=0.999),
+    "sngan_cnn-wgan_gp-schedule-gbatch": tiny_overrides("sngan_cnn", steps=100, loss="wgan_gp", constraint="none",
+                                                        g_batch_size=16, **{"optim.decay": "linear"}),
+    "dcgan_small-hinge-sn-b64 (default job)": ["model=dcgan_small", "batch_size=64", "steps=100"],
 }
 
 
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_graph_agrees_with_eager_other_models_and_schedules(name):
-    got, expected, iteration = graph_and_eager(SETTINGS[name])
-    assert fastpath.describe(iteration).startswith("CUDA graph ("), fastpath.describe(iteration)
-    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+def test_graph_agrees_with_eager_other_models_and_schedules(deterministic_cudnn, name):
+    got, iteration = graphed(SETTINGS[name])
+    assert_captured(iteration)
+    torch.testing.assert_close(got, eager_same_arithmetic(SETTINGS[name]), rtol=TF32, atol=TF32)
+    torch.testing.assert_close(got[:10], eager_fast_false(SETTINGS[name], 10), rtol=TF32, atol=TF32)
 
 
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("pair", [["loss=hinge", "constraint=sn"], ["loss=sgan", "constraint=gn"]],
                          ids=["hinge-sn", "sgan-gn"])
-def test_bf16_channels_last_graph_agrees_with_eager_bf16(pair):
+def test_bf16_channels_last_graph_agrees_with_eager_bf16(deterministic_cudnn, pair):
     overrides = tiny_overrides("dcgan", steps=100) + pair + ["precision=bf16", "channels_last=true"]
-    got, expected, iteration = graph_and_eager(overrides)
-    assert fastpath.describe(iteration).startswith("CUDA graph ("), fastpath.describe(iteration)
-    torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-2)
+    got, iteration = graphed(overrides)
+    assert_captured(iteration)
+    torch.testing.assert_close(got, eager_same_arithmetic(overrides), rtol=BF16, atol=BF16)
+    torch.testing.assert_close(got[:10], eager_fast_false(overrides, 10), rtol=BF16, atol=BF16)
 
 
 @pytest.mark.gpu
 @requires_cuda
-def test_a_capture_failure_falls_back_to_eager_with_one_log_line(caplog):
-    """An iteration with a host sync cannot be captured: it runs eagerly on, and one line says why."""
-    r, eager = make_run(tiny_overrides("dcgan", steps=100), device="cuda")
+def test_a_capture_failure_falls_back_to_eager_with_one_log_line(deterministic_cudnn, caplog):
+    """An iteration with a host sync cannot be captured: it runs eagerly on (random stream intact), one line says why."""
+    overrides = tiny_overrides("dcgan", steps=100)
+    r, eager = make_run(overrides, device="cuda")
 
     def syncing_iteration():
         d, g = eager()
@@ -269,8 +307,7 @@ def test_a_capture_failure_falls_back_to_eager_with_one_log_line(caplog):
     assert fastpath.describe(iteration).startswith("eager fallback (capture failed: ")
     lines = [rec.getMessage() for rec in caplog.records if "fast path" in rec.getMessage()]
     assert len(lines) == 1 and "runs eagerly from now on" in lines[0], lines
-    r_eager, eager = make_run(tiny_overrides("dcgan", steps=100, fast=False), device="cuda")
-    torch.testing.assert_close(got, losses(eager, 10), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, eager_same_arithmetic(overrides, 10), rtol=TF32, atol=TF32)
 
 
 @pytest.mark.gpu
@@ -280,7 +317,7 @@ def test_a_graphed_runs_checkpoint_resumes_eagerly_on_the_cpu(tmp_path):
     r, eager = make_run(overrides, device="cuda")
     iteration = fastpath.make_iteration(r, eager, r.cfg, log)
     losses(iteration, 10)
-    assert fastpath.describe(iteration).startswith("CUDA graph (")
+    assert_captured(iteration)
     r.step = 10
     checkpoint.save(r.state(), tmp_path)
     r_cpu, eager_cpu = make_run(overrides, device="cpu")
