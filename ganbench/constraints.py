@@ -19,10 +19,21 @@ from ganbench.losses import R1, GradientPenalty, Penalty, input_grad
 
 
 class Constraint:
-    """Base class: every hook is a no-op."""
+    """Base class: every hook is a no-op.
 
+    ``normalizes_critic`` marks a constraint whose wrapper rescales f's output by f's own input gradient (GN, GraN).
+    The loss's own gradient penalties (``loss=wgan_gp``, ``loss=wgan_div``) then act on the raw critic f, not on
+    the normalised D̂ (see :meth:`penalty_critic` and :class:`GradNorm`).
+    """
+
+    name: str = ""
     penalties: tuple[Penalty, ...] = ()
     has_after_d_step: bool = False
+    normalizes_critic: bool = False
+
+    def penalty_critic(self, D: nn.Module, Dw: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        """The critic the loss's own penalties see: raw D under an output-normalising constraint, else ``Dw``."""
+        return D if self.normalizes_critic else Dw
 
     def prepare(self, D: nn.Module) -> nn.Module:
         return D
@@ -37,6 +48,8 @@ class Constraint:
 class NoConstraint(Constraint):
     """No constraint (``constraint=none``): D is used as is."""
 
+    name = "none"
+
 
 class WeightClip(Constraint):
     """Weight clipping, Arjovsky et al. 2017, arXiv 1701.07875: clamp every D parameter to [−c, c] after each D step.
@@ -44,6 +57,7 @@ class WeightClip(Constraint):
     Default c=0.01 (the paper pairs it with RMSProp, lr 5e-5).
     """
 
+    name = "clip"
     has_after_d_step = True
 
     def __init__(self, c: float = 0.01):
@@ -64,6 +78,7 @@ class SpectralNorm(Constraint):
     are reshaped to (out, in·kh·kw) (torch's ``spectral_norm`` does this, dim=1 for transposed convs).
     """
 
+    name = "sn"
     _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
     def __init__(self, n_power_iterations: int = 1):
@@ -84,12 +99,16 @@ class GradientPenaltyConstraint(Constraint):
     ``one_sided`` uses max(0, ‖∇D(x̂)‖₂ − 1)². Defaults: weight=10, one_sided=False.
     """
 
+    name = "gp"
+
     def __init__(self, weight: float = 10.0, one_sided: bool = False):
         self.penalties = (GradientPenalty(weight, one_sided),)
 
 
 class R1Constraint(Constraint):
     """R1, Mescheder et al. 2018, arXiv 1801.04406: + (γ/2) E‖∇D(x)‖² on real samples. Default γ=10."""
+
+    name = "r1"
 
     def __init__(self, gamma: float = 10.0):
         self.penalties = (R1(gamma),)
@@ -124,7 +143,22 @@ class GradNorm(Constraint):
                 ‖∇ₓf(x)‖ + |f(x)|
 
     Wraps D's forward in both D and G steps (double backprop in both). No parameters.
+
+    For a locally linear f, ‖∇D̂‖ = ‖∇f‖²/(‖∇f‖ + |f|)² ≤ 1, with equality only where f = 0; D̂ is invariant to the
+    scale of f (D̂(c·f) = D̂(f), c > 0). Two consequences:
+
+    * A loss's own gradient penalty (``loss=wgan_gp``: λ(‖∇·‖ − 1)²; ``loss=wgan_div``) acts on the raw critic f,
+      not on D̂ (``normalizes_critic``). On D̂ it could only be met by pushing f → 0 on the interpolates, which
+      fights the loss: measured on mnist_mini, the penalty was ~90% of L_D, E D̂(fake) rose above E D̂(real) and G
+      collapsed to one blob (docs/RESULTS.md). On f the penalty only settles f's scale and local gradient size,
+      which D̂ ignores up to the scale, so ``wgan_gp + gn`` trains like ``wgan + gn``.
+    * |D̂| < 1 keeps the hinge always active: relu(1 ∓ D̂) = 1 ∓ D̂, so ``hinge + gn`` is ``wgan + gn`` plus a
+      constant, step for step. The reference code (basiclab/GNGAN-PyTorch ``losses.py``: plain ``HingeLoss`` on
+      the normalised output) does the same; this is a property of GN, not a bug.
     """
+
+    name = "gn"
+    normalizes_critic = True
 
     def wrap(self, D: nn.Module) -> Callable[[Tensor], Tensor]:
         return partial(grad_normalize, D)
@@ -138,6 +172,9 @@ class GraN(Constraint):
     Wraps D's forward in both D and G steps. Defaults K=1, ε=1e-4 (unverified; the paper tunes K).
     """
 
+    name = "gran"
+    normalizes_critic = True  # D̂ ≈ K·f/‖∇f‖ is (up to ε) invariant to f's scale: a loss's own GP acts on f
+
     def __init__(self, K: float = 1.0, eps: float = 1e-4):
         if not (K > 0 and eps > 0):
             raise GanbenchError(f"gran needs K > 0 and eps > 0, got K={K}, eps={eps}.")
@@ -145,3 +182,26 @@ class GraN(Constraint):
 
     def wrap(self, D: nn.Module) -> Callable[[Tensor], Tensor]:
         return partial(gran_normalize, D, K=self.K, eps=self.eps)
+
+
+def stacking_note(loss, constraint: Constraint) -> str | None:
+    """One line for the start of a run when a loss carrying its own penalty meets another gradient constraint.
+
+    ``loss`` is a :class:`ganbench.losses.Loss`; returns None when nothing stacks (the loss has no penalty, or the
+    constraint neither adds a penalty nor normalises the critic: none, clip, sn). The line says what runs and the
+    command of the plain variant.
+    """
+    if not loss.penalties or not (constraint.penalties or constraint.normalizes_critic):
+        return None
+    name = loss.name or type(loss).__name__.lower()
+    cname = constraint.name or type(constraint).__name__.lower()
+    own = "+".join(p.name for p in loss.penalties)
+    plain = loss.plain or "its base loss"
+    if constraint.normalizes_critic:
+        what = (f"{cname} normalises the critic in both steps and {name}'s own {own} penalty acts on the raw "
+                f"critic f before it ({cname} ignores f's scale)")
+    else:
+        extra = "+".join(p.name for p in constraint.penalties)
+        what = f"{name}'s own {own} penalty and the constraint's {extra} penalty are both added to L_D"
+    return (f"loss={name} + constraint={cname}: {what}; plain variants: loss={plain} constraint={cname}, "
+            f"or loss={name} constraint=none.")

@@ -142,6 +142,8 @@ class DivergencePenalty(Penalty):
 class Loss:
     """Base class: ``d_loss`` and ``g_loss`` on scores of shape (N,); ``penalties`` are added to L_D by the loop."""
 
+    name: str = ""  # the conf/loss file that builds it
+    plain: str = ""  # for a loss that carries its own penalty: the same loss without it
     penalties: tuple[Penalty, ...] = ()
     g_uses_real: bool = False  # the loop passes d_real (detached) to g_loss
     uses_images: bool = False  # the loss reads the real/fake images, not only the scores
@@ -161,6 +163,8 @@ class SGAN(Loss):
     E log(1 − σ(D(G(z)))) = −E softplus(D(G(z))).
     """
 
+    name = "sgan"
+
     def __init__(self, saturating: bool = False):
         self.saturating = saturating
 
@@ -178,6 +182,8 @@ class WGAN(Loss):
     Needs a Lipschitz constraint (clip, sn, gp, gn, ...) to be meaningful.
     """
 
+    name = "wgan"
+
     def d_loss(self, d_real, d_fake, real, fake):
         return _terms({"d/real": -d_real.mean(), "d/fake": d_fake.mean()})
 
@@ -189,7 +195,11 @@ class WGANGP(WGAN):
     """WGAN-GP, Gulrajani et al. 2017, arXiv 1704.00028: WGAN + weight·E(‖∇D(x̂)‖₂ − 1)² on interpolates.
 
     Same as ``loss=wgan constraint=gp`` (identical RNG use). Defaults: weight=10, one_sided=False.
+    With a constraint that normalises the critic's output (``constraint=gn`` or ``gran``) the penalty acts on the
+    raw critic f, not on the normalised D̂ (see :class:`ganbench.constraints.GradNorm` for why).
     """
+
+    name, plain = "wgan_gp", "wgan"
 
     def __init__(self, weight: float = 10.0, one_sided: bool = False):
         self.penalties = (GradientPenalty(weight, one_sided),)
@@ -198,8 +208,10 @@ class WGANGP(WGAN):
 class WGANDiv(WGAN):
     """WGAN-div, Wu et al. ECCV 2018, arXiv 1712.01026: WGAN + k·E‖∇D(x̂)‖^p (see :class:`DivergencePenalty`).
 
-    Defaults: k=2, p=6, at="interpolates".
+    Defaults: k=2, p=6, at="interpolates". Under ``constraint=gn``/``gran`` the penalty acts on the raw critic f.
     """
+
+    name, plain = "wgan_div", "wgan"
 
     def __init__(self, k: float = 2.0, p: float = 6.0, at: str = "interpolates"):
         self.penalties = (DivergencePenalty(k, p, at),)
@@ -209,7 +221,10 @@ class Hinge(Loss):
     """Hinge loss, Lim & Ye 2017, arXiv 1705.02894 (SN-GAN eq. 16-17).
 
     L_D = E relu(1 − D(x)) + E relu(1 + D(G(z))), L_G = −E D(G(z)).
+    With ``constraint=gn`` (|D̂| < 1) both relus are always active, so hinge + gn = wgan + gn + 2, step for step.
     """
+
+    name = "hinge"
 
     def d_loss(self, d_real, d_fake, real, fake):
         return _terms({"d/real": F.relu(1 - d_real).mean(), "d/fake": F.relu(1 + d_fake).mean()})
@@ -223,6 +238,8 @@ class LSGAN(Loss):
 
     L_D = ½E(D(x) − 1)² + ½E D(G(z))², L_G = ½E(D(G(z)) − 1)².
     """
+
+    name = "lsgan"
 
     def d_loss(self, d_real, d_fake, real, fake):
         return _terms({"d/real": 0.5 * (d_real - 1).square().mean(), "d/fake": 0.5 * d_fake.square().mean()})

@@ -18,9 +18,11 @@ from ganbench.constraints import (
     R1Constraint,
     SpectralNorm,
     WeightClip,
+    stacking_note,
 )
 from ganbench.errors import GanbenchError
-from ganbench.losses import R1, GradientPenalty, Hinge
+from ganbench.losses import GANQP, R1, WGAN, WGANGP, GradientPenalty, Hinge, LSGAN, SGAN, WGANDiv
+from ganbench.step import d_step, g_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "constraint"
 
@@ -117,6 +119,75 @@ def test_gn_in_d_step_with_gp():
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in D.parameters())
     assert D[0].weight.grad.abs().sum() > 0
+
+
+def test_loss_penalties_act_on_raw_critic_under_normalising_constraints():
+    D = mlp_D()
+    for c in (GradNorm(), GraN()):
+        assert c.normalizes_critic and c.penalty_critic(D, c.wrap(D)) is D
+    for c in (NoConstraint(), WeightClip(), SpectralNorm(), GradientPenaltyConstraint(), R1Constraint()):
+        assert not c.normalizes_critic and c.penalty_critic(D, "Dw") == "Dw"
+
+
+def _one_d_step(loss, constraint, seed=0):
+    """One d_step of an MLP critic; returns (L_D, parts, D's gradients)."""
+    D, G = mlp_D(seed), nn.Linear(3, 2)
+    Dw = constraint.wrap(D)
+    opt = torch.optim.SGD(D.parameters(), lr=0.0)  # lr 0: the step leaves D as it was, grads stay readable
+    torch.manual_seed(7)
+    real, z = torch.randn(32, 2), torch.randn(32, 3)
+    out = d_step(G, D, Dw, loss, tuple(loss.penalties) + tuple(constraint.penalties), constraint, opt, real, z)
+    return out, [p.grad.clone() for p in D.parameters()], D, G, real, z
+
+
+def test_wgan_gp_under_gn_penalises_raw_critic():
+    """loss=wgan_gp constraint=gn: L_D = WGAN on D̂ + GP on f (same interpolates as a GP on f alone)."""
+    out, _, D, G, real, z = _one_d_step(WGANGP(), GradNorm())
+    torch.manual_seed(7)
+    torch.randn(32, 2), torch.randn(32, 3)
+    with torch.no_grad():
+        fake = G(z)
+    Dw = GradNorm().wrap(D)
+    wgan = WGAN().d_loss(Dw(real), Dw(fake), real, fake).total
+    gp = GradientPenalty()(D, real, fake).total  # the RNG is where d_step's penalty drew its ε
+    assert_close(out.total, (wgan + gp).detach())
+    assert_close(out.parts["penalty/gp"], gp.detach())
+
+
+def test_hinge_gn_equals_wgan_gn():
+    """|D̂| < 1 keeps both hinge relus active: hinge + gn is wgan + gn + 2, with the same gradients in D and G."""
+    a, grads_a, D, G, real, z = _one_d_step(Hinge(), GradNorm())
+    b, grads_b, *_ = _one_d_step(WGAN(), GradNorm())
+    assert_close(a.total, b.total + 2)
+    for x, y in zip(grads_a, grads_b):
+        assert_close(x, y)
+    Dw = GradNorm().wrap(D)
+
+    def g_grads(loss):
+        G.zero_grad()
+        loss.g_loss(Dw(G(z)), None, None, None).total.backward()
+        return [p.grad.clone() for p in G.parameters()]
+
+    for x, y in zip(g_grads(Hinge()), g_grads(WGAN())):
+        assert_close(x, y)
+
+
+def test_stacking_note():
+    gn_note = stacking_note(WGANGP(), GradNorm())
+    assert gn_note.startswith("loss=wgan_gp + constraint=gn:") and "raw critic f" in gn_note
+    assert "loss=wgan constraint=gn" in gn_note and "loss=wgan_gp constraint=none" in gn_note
+    gp_note = stacking_note(WGANGP(), GradientPenaltyConstraint())
+    assert "both added to L_D" in gp_note and "loss=wgan constraint=gp" in gp_note
+    assert "div" in stacking_note(WGANDiv(), R1Constraint()) and "loss=wgan constraint=r1" in stacking_note(
+        WGANDiv(), R1Constraint())
+    assert "loss=wgan constraint=gran" in stacking_note(WGANDiv(), GraN())
+    for loss in (WGANGP(), WGANDiv()):
+        for c in (NoConstraint(), WeightClip(), SpectralNorm()):
+            assert stacking_note(loss, c) is None
+    for loss in (SGAN(), WGAN(), Hinge(), LSGAN(), GANQP()):
+        for c in (GradNorm(), GraN(), GradientPenaltyConstraint(), R1Constraint(), SpectralNorm()):
+            assert stacking_note(loss, c) is None
+    assert all("\n" not in stacking_note(WGANGP(), c) for c in (GradNorm(), GraN(), R1Constraint()))
 
 
 def test_gn_under_no_grad():
