@@ -1,23 +1,74 @@
-"""Checkpoints: atomic writes, the previous one kept, safe loading.
+"""Checkpoints and every other file ganbench writes: atomic writes, the previous checkpoint kept, safe loading.
 
-Layout of a run directory's ``checkpoints/``: ``last.pt`` (newest) and ``prev.pt`` (the one before). A write goes to a
-temporary file in the same folder, is fsync'ed, then renamed over ``last.pt`` after the old ``last.pt`` was renamed to
-``prev.pt``; a crash at any moment leaves at least one complete checkpoint. Loading uses
-``torch.load(weights_only=True)``, so a pickle that would run code is refused.
+Layout of a run directory's ``checkpoints/``: ``last.pt`` (newest) and ``prev.pt`` (the one before). Every file
+(checkpoints, metrics.json, caches) is written the same way: serialised in memory, written to a temporary file in the
+same folder, fsync'ed, then renamed into place; for a checkpoint the old ``last.pt`` is first renamed to ``prev.pt``.
+A crash at any moment leaves at least one complete checkpoint, and a failed write (a full disk) is one
+:class:`WriteFailed` error naming the file, with its temporary file removed and every earlier file as it was.
+
+Loading uses ``torch.load(weights_only=True)``, so a pickle that would run code is refused. Each way a file can be bad
+has its own message: missing, unreadable, truncated or corrupt, code-carrying, not a ganbench checkpoint.
+:func:`load_latest` is what ``resume=auto`` uses (falls back to ``prev.pt`` when ``last.pt`` is damaged) and
+:func:`load_cache` is the one way to read a cache file (a damaged one is removed and rebuilt, never trusted).
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import logging
 import os
 import pickle
+import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ganbench.errors import GanbenchError
 
+log = logging.getLogger("ganbench")
+
 FORMAT = "ganbench-checkpoint-1"
+
+# What a user is told for the write errors that are not a bug: the disk, the quota or the storage failed.
+WRITE_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EIO: "input/output error (the disk or network filesystem failed)",
+}
+
+# Temporary files of the writers below: ``.<name>.tmp<pid>``.
+_TEMP = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+class DamagedCheckpoint(GanbenchError):
+    """A checkpoint file that is missing, unreadable, truncated or corrupt (``why`` says which)."""
+
+    def __init__(self, path: Path, why: str):
+        self.path, self.why = path, why
+        super().__init__(f"checkpoint {path} {why}; {_fallback_hint(path)}.")
+
+
+class WriteFailed(GanbenchError, OSError):
+    """Writing ``path`` failed (disk full, quota, I/O error); its temp file is removed, the old ``path`` unchanged.
+
+    A GanbenchError (one line for the user) and an OSError (callers that shrug off a failed cache write still can).
+    ``context`` is appended by whoever knows more, e.g. the loop names the last good checkpoint.
+    """
+
+    def __init__(self, path: Path, error: OSError, context: str = ""):
+        self.path, self.error, self.context = Path(path), error, context
+        self.reason = WRITE_REASONS.get(error.errno) or error.strerror or str(error)
+        super().__init__(f"cannot write {self.path}: {self.reason}" + (f"; {context}" if context else ""))
+        self.errno, self.strerror, self.filename = error.errno, self.reason, str(self.path)
+
+    def with_context(self, context: str) -> WriteFailed:
+        return WriteFailed(self.path, self.error, context)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -33,37 +84,98 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write ``path`` through ``write(file)`` into a temp file, fsync it, and rename it into place."""
+def _write_synced(f, data) -> None:
+    """The one place where file contents reach the disk (tests replace it to fail or die mid-write)."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _commit(path: Path, data, before_replace: Callable[[], None] | None = None) -> None:
+    """Write ``data`` to a temp file next to ``path``, fsync it, run ``before_replace``, rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_synced(f, data)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteFailed(path, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     _fsync_dir(path.parent)
 
 
-def save(state: dict, ckpt_dir: Path) -> Path:
-    """Save ``state`` as ``ckpt_dir/last.pt``; the former ``last.pt`` becomes ``prev.pt``."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    last, prev = ckpt_dir / "last.pt", ckpt_dir / "prev.pt"
-    tmp = ckpt_dir / f".last.pt.tmp{os.getpid()}"
+def atomic_write_bytes(path: Path, write: Callable) -> None:
+    """Write ``path`` through ``write(file)``, atomically; a failed write raises :class:`WriteFailed`."""
+    buffer = io.BytesIO()
+    write(buffer)
+    _commit(Path(path), buffer.getbuffer())
+
+
+def save_torch(obj, path: Path) -> None:
+    """``torch.save(obj)`` to ``path``, atomically (serialised in memory first, so a full disk is an OSError that
+    names the file, not a torch zip-writer error); creates the parent folder."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if last.exists():
-            os.replace(last, prev)  # between these two renames prev.pt is the complete newest one
-        os.replace(tmp, last)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(ckpt_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteFailed(path, e) from None
+    _commit(path, buffer.getbuffer())
+
+
+def save(state: dict, ckpt_dir: Path) -> Path:
+    """Save ``state`` as ``ckpt_dir/last.pt``; the former ``last.pt`` becomes ``prev.pt`` if it is a complete file.
+
+    A damaged ``last.pt`` (e.g. the one ``resume=auto`` skipped) is overwritten instead of rotated, so it can never
+    replace a good ``prev.pt``.
+    """
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteFailed(ckpt_dir / "last.pt", e) from None
+    last, prev = ckpt_dir / "last.pt", ckpt_dir / "prev.pt"
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+
+    def rotate():  # between this rename and the next one, prev.pt is the complete newest checkpoint
+        if last.exists() and zipfile.is_zipfile(last):
+            os.replace(last, prev)
+
+    _commit(last, buffer.getbuffer(), before_replace=rotate)
     return last
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (``best.pt`` from ``last.pt``)."""
+    try:
+        data = src.read_bytes()
+    except OSError as e:
+        raise WriteFailed(dst, e) from None
+    _commit(dst, data)
+
+
+def remove_temps(folder: Path) -> list[Path]:
+    """Remove the temp files writers left in ``folder`` when they were killed; call only while holding the run lock."""
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if _TEMP.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 def find(resume: str | os.PathLike) -> Path | None:
@@ -85,12 +197,41 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
+def _fallback_hint(path: Path) -> str:
+    """What to do instead of loading ``path``: its prev.pt when that file exists, else a new run."""
+    prev = path.with_name("prev.pt")
+    if path.name == "last.pt" and prev.is_file():
+        return f"resume=auto falls back to {prev}, or give resume={prev}"
+    return "start a new run (or resume from another checkpoint file)"
+
+
+def problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable checkpoint archive (missing, unreadable, truncated); None if it may be one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        return "does not exist"
+    except IsADirectoryError:
+        return "is a directory, not a checkpoint file"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not head:
+        return "is empty (0 bytes; a write that never finished)"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive whose directory is at the end
+        if head.startswith(b"PK"):
+            return "is corrupt or truncated (a zip archive without its end; an interrupted write or copy)"
+        return "is corrupt or truncated (not a torch.save archive)"
+    return None
+
+
 def load(path: Path, map_location="cpu") -> dict:
-    """Load a ganbench checkpoint safely; a corrupt, foreign or code-carrying file is a GanbenchError."""
-    corrupt = GanbenchError(f"checkpoint {path} is corrupt or truncated and cannot be read; "
-                            f"use checkpoints/prev.pt or start a new run.")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
-        raise corrupt
+    """Load a ganbench checkpoint safely; a missing, unreadable, damaged, foreign or code-carrying file is a
+    GanbenchError saying which of these it is."""
+    path = Path(path)
+    why = problem(path)
+    if why is not None:
+        raise DamagedCheckpoint(path, why)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -98,8 +239,60 @@ def load(path: Path, map_location="cpu") -> dict:
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
             f"(loaded with weights_only=True, so no code in it ran)."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
-        raise corrupt from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+        detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise DamagedCheckpoint(path, f"is corrupt or truncated ({detail})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GanbenchError(f"{path} is not a ganbench checkpoint (no '{FORMAT}' format tag).")
     return state
+
+
+def load_latest(run_dir: Path, map_location="cpu") -> tuple[dict, Path] | None:
+    """The newest loadable checkpoint of ``run_dir`` as (state, path), for ``resume=auto``; None when it has none.
+
+    A damaged ``last.pt`` with a loadable ``prev.pt`` is a warning naming both files, and prev.pt is used. A file
+    that would run code, or that is not a ganbench checkpoint, is an error, never skipped: not damage but a wrong file.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    last, prev = ckpt_dir / "last.pt", ckpt_dir / "prev.pt"
+    if not last.is_file() and not prev.is_file():
+        return None
+    if not last.is_file():
+        return load(prev, map_location), prev
+    try:
+        return load(last, map_location), last
+    except DamagedCheckpoint as e:
+        if not prev.is_file():
+            raise
+        why = e.why
+    state = load(prev, map_location)
+    log.warning(f"checkpoint {last} {why}; resuming from {prev} (step {state.get('step')}), the one before it "
+                f"(the next save replaces {last.name})")
+    return state, prev
+
+
+def load_cache(path: Path, what: str, check: Callable[[object], bool] = lambda _: True,
+               map_location="cpu"):
+    """A cache file's contents (``torch.load(weights_only=True)``), or None when it is missing or damaged.
+
+    A damaged file (unreadable, truncated, code-carrying, or failing ``check``) is logged as one warning naming
+    ``what``, removed, and None is returned, so the caller rebuilds it: a cache is never trusted and never a traceback.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        hit = torch.load(path, map_location=map_location, weights_only=True)
+        if check(hit):
+            return hit
+        reason = "made by another version or setting"
+    except pickle.UnpicklingError:
+        reason = "it holds objects other than tensors and plain data; refused"
+    except Exception as e:  # noqa: BLE001 -- any damage at all (torch raises many types): the cache is rebuilt
+        reason = (problem(path) or (str(e).splitlines()[0][:120] if str(e) else type(e).__name__))
+    log.warning(f"{what} cache {path} is unusable ({reason}); rebuilding it")
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.datasets import CIFAR10, MNIST
 
+from ganbench import checkpoint
 from ganbench.errors import GanbenchError
 
 log = logging.getLogger("ganbench")
@@ -276,13 +277,10 @@ def folder(root: str, resolution: int = 32, channels: int = 3, max_images: int |
     name = f"folder-{root_path.name}-{key[:8]}"
     cache = cache_dir("folders") / f"{key}.pt"
 
-    if cache.exists():
-        try:
-            hit = torch.load(cache, weights_only=True)
-            _warn_bad(hit["n_bad"], len(files), root_path)
-            return ImageDataset(name, hit["images"], hit["labels"])
-        except Exception as e:  # a broken cache file is not the user's problem: decode again
-            log.warning("ignoring unreadable cache file %s (%s)", cache, e)
+    hit = checkpoint.load_cache(cache, "decoded-image", check=lambda h: _is_decoded(h, channels, resolution))
+    if hit is not None:
+        _warn_bad(hit["n_bad"], len(files), root_path)
+        return ImageDataset(name, hit["images"], hit["labels"])
 
     mode = "L" if channels == 1 else "RGB"
     with ThreadPoolExecutor(os.cpu_count()) as pool:
@@ -298,14 +296,19 @@ def folder(root: str, resolution: int = 32, channels: int = 3, max_images: int |
     images = images.unsqueeze(1) if channels == 1 else images.permute(0, 3, 1, 2).contiguous()
     label_tensor = None if labels is None else torch.tensor([labels[i] for i in ok], dtype=torch.long)
     try:  # write-then-rename so an interrupted run never leaves a half-written cache file
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "labels": label_tensor, "n_bad": n_bad}, tmp)
-        os.replace(tmp, cache)
+        checkpoint.save_torch({"images": images, "labels": label_tensor, "n_bad": n_bad}, cache)
     except OSError as e:
         log.warning("could not write the decoded-image cache %s (%s); the folder will be decoded again next time",
                     cache, e)
     return ImageDataset(name, images, label_tensor)
+
+
+def _is_decoded(hit, channels: int, resolution: int) -> bool:
+    """A decoded-folder cache entry of the expected layout (uint8 N×C×R×R images, labels to match, a count)."""
+    images, labels = hit["images"], hit["labels"]
+    return (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+            and tuple(images.shape[1:]) == (channels, resolution, resolution) and isinstance(hit["n_bad"], int)
+            and (labels is None or (isinstance(labels, torch.Tensor) and len(labels) == len(images))))
 
 
 def _warn_bad(n_bad: int, n_files: int, root: Path) -> None:

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config
+from ganbench import checkpoint, config, runlock
 from ganbench.errors import GanbenchError
 from ganbench.train import run
 
@@ -58,26 +58,45 @@ def task(cfg: DictConfig) -> dict | None:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        runlock.hold(run_dir)  # already taken by the log-file handler, unless hydra/job_logging was overridden
+    except runlock.RunDirBusy as e:  # the other process's directory: write nothing there, not even metrics.json
+        if multirun:
+            log.error(f"ganbench: error: {e}")
+            return None
+        print(f"ganbench: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
         return run(cfg, run_dir)
     except GanbenchError as e:
         message = str(e)
     except torch.OutOfMemoryError:
         message = (f"out of memory on {cfg.device} with batch_size={cfg.batch_size}; "
                    f"lower batch_size or use a smaller model.")
-    except Exception as e:  # a bug, not the user's input: keep the traceback in the run's log
-        log.debug(traceback.format_exc())
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        message = f"internal error {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
+    except Exception as e:
+        message = _unexpected(e, run_dir)
     if not (run_dir / "metrics.json").exists():  # failed before training: leave a record for `ganbench report`
         record = {"step": 0, "status": "failed", "error": message, "metrics": {},
                   "config": OmegaConf.to_container(cfg, resolve=False)}
         text = json.dumps(record, indent=2, default=str).encode()
-        checkpoint.atomic_write_bytes(run_dir / "metrics.json", lambda f: f.write(text))
+        try:
+            checkpoint.atomic_write_bytes(run_dir / "metrics.json", lambda f: f.write(text))
+        except checkpoint.WriteFailed as e:  # e.g. the disk is full: the first error is the one to show
+            log.warning(str(e))
     if multirun:  # the sweep goes on; SweepFailures lists this job at its end
         log.error(f"ganbench: error: {message}")
         return None
     print(f"ganbench: error: {message}", file=sys.stderr)
     raise SystemExit(1)
+
+
+def _unexpected(e: Exception, run_dir: Path) -> str:
+    """The one line for an error the loop does not turn into a GanbenchError itself."""
+    if isinstance(e, OSError) and e.errno in checkpoint.WRITE_REASONS:  # e.g. TensorBoard events on a full disk
+        return f"cannot write {e.filename or 'into ' + str(run_dir)}: {checkpoint.WRITE_REASONS[e.errno]}"
+    # a bug, not the user's input: keep the traceback in the run's log
+    log.debug(traceback.format_exc())
+    (run_dir / "error.log").write_text(traceback.format_exc())
+    return f"internal error {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
 
 
 def main(argv: list[str]) -> int:

@@ -206,11 +206,17 @@ def _save(path: Path, net: SmallCNN, spec: dict, info: dict) -> None:
     checkpoint.atomic_write_bytes(path.with_suffix(".json"), lambda f: f.write(text))
 
 
-def _load(path: Path, dataset: ImageDataset, seed: int) -> FeatureNet:
-    spec = spec_of(dataset)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _is_feature_net(state, spec: dict) -> bool:
+    """A cached feature net of this architecture (format tag, spec and the state dict's shapes)."""
     if state.get("format") != FORMAT or json.loads(state["spec"]) != spec:
-        raise ValueError("not a feature net of this architecture")
+        return False
+    net = SmallCNN(spec["in_shape"], spec["classes"], RECIPE["width"], RECIPE["feature_dim"], RECIPE["dropout"])
+    net.load_state_dict(state["state_dict"])  # a mismatch raises: load_cache counts that as damage
+    return True
+
+
+def _load(state: dict, path: Path, dataset: ImageDataset, seed: int) -> FeatureNet:
+    spec = spec_of(dataset)
     net = SmallCNN(dataset.shape, spec["classes"], RECIPE["width"], RECIPE["feature_dim"], RECIPE["dropout"])
     net.load_state_dict(state["state_dict"])
     acc = state.get("test_accuracy")
@@ -226,13 +232,12 @@ def feature_net(dataset: ImageDataset, seed: int = 0, test: ImageDataset | None 
     accuracy is recorded as null). A cache file that cannot be read is ignored and rebuilt.
     """
     path = cache_path(dataset, seed)
-    if path.exists() and not retrain:
-        try:
-            return _load(path, dataset, seed)
-        except Exception as e:  # a broken cache file is not the user's problem: train again
-            log.warning("ignoring unreadable feature-net cache %s (%s: %s)", path, type(e).__name__, e)
-    test = test if test is not None else default_test_split(dataset)
     spec = spec_of(dataset)
+    state = None if retrain else checkpoint.load_cache(path, "fd_classifier feature-net",
+                                                       check=lambda s: _is_feature_net(s, spec))
+    if state is not None:
+        return _load(state, path, dataset, seed)
+    test = test if test is not None else default_test_split(dataset)
     log.info("training the fd_classifier feature net on %s (once; cached in %s)", dataset.name, path)
     t0 = time.perf_counter()
     net = train(dataset, seed)

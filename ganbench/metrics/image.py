@@ -144,13 +144,9 @@ def _reference(real: ImageDataset, num_real: int | None, key: str, extract, need
     """(Stats, features or None) of the real images for feature net ``key``; cached on disk."""
     n = len(real) if num_real is None else min(num_real, len(real))
     path = cache_dir("features") / f"ref-{real.name}-{key}-n{n}.pt"
-    if path.exists():
-        try:
-            hit = torch.load(path, map_location="cpu", weights_only=True)
-            if not need_features or "features" in hit:
-                return Stats.from_dict(hit), hit.get("features")
-        except Exception as e:
-            log.warning("ignoring unreadable reference statistics %s (%s)", path, e)
+    hit = checkpoint.load_cache(path, "reference-statistics", check=_is_reference)
+    if hit is not None and (not need_features or "features" in hit):
+        return Stats.from_dict(hit), hit.get("features")
     feats = extract(real_subset(real, num_real))
     stats = feature_stats(feats)
     record = stats.to_dict()
@@ -164,6 +160,14 @@ def _reference(real: ImageDataset, num_real: int | None, key: str, extract, need
     except OSError as e:
         log.warning("could not cache the reference statistics in %s (%s)", path, e)
     return stats, feats
+
+
+def _is_reference(hit) -> bool:
+    """Cached reference statistics: a finite mean and a square covariance of the same width (features optional)."""
+    stats = Stats.from_dict(hit)
+    d = stats.mu.shape[-1]
+    ok = stats.mu.ndim == 1 and stats.sigma.shape == (d, d) and bool(torch.isfinite(stats.mu).all() and torch.isfinite(stats.sigma).all())
+    return ok and ("features" not in hit or hit["features"].shape[-1] == d)
 
 
 def _real_protocol(real: ImageDataset, split: str, num_real: int | None, num_fake: int) -> dict:

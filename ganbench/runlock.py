@@ -1,0 +1,118 @@
+"""One writer per run directory: an exclusive ``flock`` on ``<run dir>/.ganbench.lock``, which holds the owner's pid.
+
+Two processes in one run directory (a requeued job while the old one still runs, a repeated command with a fixed
+``hydra.run.dir``) would interleave checkpoints, metrics.json and TensorBoard events. The first process takes the lock
+before anything of the run is written; a second one fails at once with one line naming the holder's pid and writes
+nothing. The kernel releases a ``flock`` when its process ends, however it ends (kill -9 included), so a stale lock
+file is harmless: the pid in it is information, the lock is the truth. The file is left in place (removing it would
+let two processes lock two different files of the same name).
+
+Hydra configures a job's logging before it writes ``.hydra/`` or calls the task, so the earliest point that knows the
+job's directory, in every launcher and for every job of a sweep, is the log-file handler: ``conf/hydra/job_logging/
+ganbench.yaml`` builds it with :func:`locked_log_file`. :func:`hold` is idempotent; the task calls it again in case
+the logging config was overridden.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ganbench import checkpoint
+from ganbench.errors import GanbenchError
+
+LOCK_NAME = ".ganbench.lock"
+
+
+class RunDirBusy(GanbenchError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunLock:
+    """The exclusive lock on one run directory, held by this process until :meth:`release` or its exit."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir).absolute()
+        self.path = self.run_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock without waiting, write our pid into the file; :class:`RunDirBusy` if another process has it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # opening an existing file changes nothing in it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"ganbench process {holder}" if holder else "another ganbench process"
+            raise RunDirBusy(f"run directory {self.run_dir} is in use by {who}; wait for it to finish, or give "
+                             f"this run another hydra.run.dir.") from None
+        except OSError as e:  # e.g. a filesystem without locks: say so rather than run unprotected silently
+            os.close(fd)
+            raise GanbenchError(f"cannot lock the run directory {self.run_dir} ({e.strerror or e}); "
+                                f"use a run directory on a local or lock-capable filesystem.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        # Temp files in the run dir belong to a writer that died mid-write (kill -9): nobody else can be writing now.
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            checkpoint.remove_temps(folder)
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+# This process's lock: one run directory at a time (a sweep in one process moves from job to job).
+_held: RunLock | None = None
+
+
+def hold(run_dir: Path) -> RunLock:
+    """Make this process the only writer of ``run_dir``: keep its lock (taken now, or already held), release any
+    other run directory's lock this process held before. Raises :class:`RunDirBusy` if another process has it."""
+    global _held
+    run_dir = Path(run_dir).absolute()
+    if _held is not None and _held.run_dir == run_dir and _held.fd is not None:
+        return _held
+    release()
+    _held = RunLock(run_dir).acquire()
+    return _held
+
+
+def release() -> None:
+    """Release this process's run-directory lock, if any (the kernel does it anyway when the process exits)."""
+    global _held
+    if _held is not None:
+        _held.release()
+        _held = None
+
+
+def locked_log_file(filename: str, **kwargs) -> logging.FileHandler:
+    """The run's ``train.log`` handler, made after taking the run directory's lock (Hydra's logging config calls it).
+
+    Busy: print one line and exit 1 here, before Hydra writes ``.hydra/`` into the other process's directory (an
+    exception would be wrapped by ``logging.config`` into a multi-line error).
+    """
+    try:
+        hold(Path(filename).parent)
+    except GanbenchError as e:
+        print(f"ganbench: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return logging.FileHandler(filename, **kwargs)
