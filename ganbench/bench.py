@@ -245,7 +245,8 @@ class ReferenceLoop:
         for weight, one_sided in self.gp:
             eps = torch.rand(len(real), *[1] * (real.dim() - 1), device=self.device)
             x = (eps * real + (1 - eps) * fake).requires_grad_(True)
-            grad = torch.autograd.grad(self.critic(x).sum(), x, create_graph=True)[0].flatten(1).norm(dim=1)
+            # on the raw D, as repos write it (and as ganbench's penalties act under GN)
+            grad = torch.autograd.grad(self.D(x).sum(), x, create_graph=True)[0].flatten(1).norm(dim=1)
             gap = (grad - 1).clamp_min(0) if one_sided else grad - 1
             loss = loss + weight * gap.square().mean()
         return loss

@@ -32,6 +32,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from ganbench.errors import GanbenchError
 from ganbench.step import Parts
 
 Iteration = Callable[[], tuple[Parts, Parts]]
@@ -77,7 +78,7 @@ def not_capturable(r) -> str | None:
     for name, opt in (("G", r.opt_g), ("D", r.opt_d)):
         if "capturable" not in opt.defaults:
             return f"the {name} optimizer ({type(opt).__name__}) has no capturable mode"
-    if r.dataset.device != r.device:
+    if r.dataset.device.type != r.device.type:  # (cuda vs cuda:0 is the same place)
         return f"the dataset is on {r.dataset.device}, not on {r.device}"
     return None
 
@@ -226,7 +227,8 @@ class GraphedIteration:
         epochs = [s.last_epoch for s in self.r.schedulers]
         generator = torch.cuda.default_generators[self.r.device.index if self.r.device.index is not None
                                                   else torch.cuda.current_device()]
-        rng = generator.clone_state()  # a failed capture can leave the generator in capture mode: restored from this
+        # A failed capture can leave the generator in capture mode (every later random op raises): restored from this.
+        rng = generator.clone_state() if hasattr(generator, "clone_state") else None
         try:
             with held_back(self.r.schedulers), torch.cuda.graph(graph, stream=self.stream):
                 out = self.iteration()
@@ -234,6 +236,9 @@ class GraphedIteration:
                 raise RuntimeError("an LR scheduler stepped inside the captured iteration")
         except Exception as e:  # nothing ran during the capture: the model and optimizer state are untouched
             del graph
+            if rng is None:
+                raise GanbenchError(f"the training iteration could not be captured as a CUDA graph ({e}) and this "
+                                    f"torch cannot restore its random generator afterwards; rerun with fast=false.")
             generator.graphsafe_set_state(rng)
             torch.cuda.synchronize(self.r.device)  # a sticky CUDA error surfaces here rather than later
             self._fall_back(e)

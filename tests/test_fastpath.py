@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from contextlib import contextmanager, nullcontext
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -185,8 +187,126 @@ def test_held_back_schedulers_do_not_step_and_come_back():
 def test_an_optimizer_without_a_capturable_mode_is_named():
     r, _ = make_run(tiny_overrides("dcgan"))
     assert fastpath.not_capturable(r) is None
+    dataset, device = r.dataset, r.device
+    r.device, r.dataset = torch.device("cuda"), SimpleNamespace(device=torch.device("cuda:0"))  # the same place
+    assert fastpath.not_capturable(r) is None
+    r.dataset = SimpleNamespace(device=torch.device("cpu"))
+    assert fastpath.not_capturable(r) == "the dataset is on cpu, not on cuda"
+    r.dataset, r.device = dataset, device
     r.opt_d = torch.optim.SGD(r.D.parameters(), lr=0.1)
     assert fastpath.not_capturable(r) == "the D optimizer (SGD) has no capturable mode"
+
+
+class FakeCuda:
+    """torch.cuda's stream/graph/generator calls as GraphedIteration makes them, emulated on the CPU.
+
+    A "capture" runs the iteration and then puts every weight, buffer, optimizer state and the RNG back, so it leaves
+    no trace, as a real capture does (it records kernels without running them). A "replay" runs the iteration again
+    and copies its results into the tensors the capture returned, as a real replay overwrites its static outputs.
+    ``fail`` makes the capture fail the way a host sync does: the body raises, then the capture's end raises again.
+    """
+
+    def __init__(self, r, eager, fail: bool = False):
+        self.r, self.eager, self.fail, self.capturing, self.restored = r, eager, fail, False, []
+        self.last_out = None
+
+    def iteration(self):
+        if self.capturing and self.fail:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+        self.last_out = self.eager()
+        return self.last_out
+
+    def install(self, monkeypatch) -> None:
+        fake = self
+
+        class Graph:
+            def replay(self):  # a replay runs no Python: the schedulers are GraphedIteration's to step
+                with fastpath.held_back(fake.r.schedulers):
+                    fresh = fake.eager()
+                for static, fresh_tensor in zip(flat(self.out), flat(fresh)):
+                    static.copy_(fresh_tensor)
+
+        @contextmanager
+        def graph(g, stream=None):
+            saved = [(t, t.detach().clone()) for t in state_tensors(fake.r)], torch.get_rng_state()
+            fake.capturing = True
+            try:
+                yield
+            except RuntimeError as e:
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from e
+            finally:
+                fake.capturing = False
+                with torch.no_grad():
+                    for t, copy in saved[0]:
+                        t.copy_(copy)
+                torch.set_rng_state(saved[1])
+            g.out = fake.last_out
+
+        class Generator:
+            def clone_state(self):
+                return "state before the capture"
+
+            def graphsafe_set_state(self, state):
+                fake.restored.append(state)
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        for name, value in {"Stream": Stream, "stream": lambda s: nullcontext(), "current_stream": lambda d=None: Stream(),
+                            "CUDAGraph": Graph, "graph": graph, "default_generators": [Generator()],
+                            "current_device": lambda: 0, "synchronize": lambda d=None: None}.items():
+            monkeypatch.setattr(torch.cuda, name, value, raising=False)
+
+
+def flat(out) -> list[torch.Tensor]:
+    return [t for p in out for t in (p.total, *p.parts.values())]
+
+
+def state_tensors(r) -> list[torch.Tensor]:
+    modules = [m for m in (r.G, r.D, r.G_ema) if m is not None]
+    return [*(t for m in modules for t in (*m.parameters(), *m.buffers())),
+            *(v for opt in (r.opt_g, r.opt_d) for s in opt.state.values() for v in s.values() if torch.is_tensor(v))]
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
+def test_graphed_iteration_logic_with_an_emulated_capture(capturable_on_cpu, monkeypatch, caplog, fail):
+    """GraphedIteration's own logic on the CPU: 3 eager warm-ups, capture, replays whose static outputs the next
+    call overwrites, schedulers stepped after each replay; or, when the capture fails, the generator restored, one
+    log line and eager from then on. Either way its losses, weights and lr are the eager iteration's, bit for bit."""
+    overrides = tiny_overrides("dcgan", steps=20, loss="wgan_gp", constraint="none", ema_decay=0.9,
+                               **{"optim.decay": "linear"})
+    r_ref, eager = make_run(overrides)
+    expected = losses(prepared_iteration(r_ref, eager), 8)
+    r, eager = make_run(overrides)
+    fastpath.prepare(r)
+    fake = FakeCuda(r, eager, fail)
+    fake.install(monkeypatch)
+    outs, got = [], []
+    with caplog.at_level(logging.INFO, logger="ganbench"):
+        iteration = fastpath.GraphedIteration(fake.iteration, r, log)
+        for _ in range(8):
+            d, g = iteration()
+            outs.append(d.total)
+            got.append(torch.stack([d.total.clone(), g.total.clone()]))
+    assert torch.equal(torch.stack(got), expected)
+    lines = [rec.getMessage() for rec in caplog.records if "fast path" in rec.getMessage()]
+    assert len(lines) == 1, lines
+    if fail:
+        assert fake.restored == ["state before the capture"]
+        assert fastpath.describe(iteration) == ("eager fallback (capture failed: RuntimeError: CUDA error: operation "
+                                                "not permitted when stream is capturing)")
+        assert "runs eagerly from now on" in lines[0]
+    else:
+        assert fake.restored == [] and fastpath.describe(iteration).startswith("CUDA graph (")
+        assert "runs as one CUDA graph" in lines[0]
+        assert all(t is outs[3] for t in outs[3:])  # static outputs from the capture on, overwritten by each call
+    assert all(torch.equal(a, b) for a, b in zip(weights(r), weights(r_ref)))
+    assert [float(g["lr"]) for g in r.opt_d.param_groups] == [float(g["lr"]) for g in r_ref.opt_d.param_groups]
+    assert [s.last_epoch for s in r.schedulers] == [8, 8]
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA only
