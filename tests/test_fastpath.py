@@ -256,9 +256,10 @@ class FakeCuda:
             def wait_stream(self, other):
                 pass
 
-        for name, value in {"Stream": Stream, "stream": lambda s: nullcontext(), "current_stream": lambda d=None: Stream(),
-                            "CUDAGraph": Graph, "graph": graph, "default_generators": [Generator()],
-                            "current_device": lambda: 0, "synchronize": lambda d=None: None}.items():
+        fakes = {"Stream": Stream, "stream": lambda s: nullcontext(), "current_stream": lambda d=None: Stream(),
+                 "CUDAGraph": Graph, "graph": graph, "default_generators": [Generator()],
+                 "current_device": lambda: 0, "synchronize": lambda d=None: None}
+        for name, value in fakes.items():
             monkeypatch.setattr(torch.cuda, name, value, raising=False)
 
 
@@ -412,7 +413,7 @@ def test_bf16_channels_last_graph_agrees_with_eager_bf16(deterministic_cudnn, pa
 @pytest.mark.gpu
 @requires_cuda
 def test_a_capture_failure_falls_back_to_eager_with_one_log_line(deterministic_cudnn, caplog):
-    """An iteration with a host sync cannot be captured: it runs eagerly on (random stream intact), one line says why."""
+    """A host sync cannot be captured: the iteration runs eagerly on (random stream intact), one line says why."""
     overrides = tiny_overrides("dcgan", steps=100)
     r, eager = make_run(overrides, device="cuda")
 
