@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +17,23 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ganbench import config
+from ganbench import config, distributed
 from ganbench.errors import GanbenchError
+
+log = logging.getLogger("ganbench")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``; a missing CUDA is one sentence."""
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``; a missing CUDA is one sentence.
+
+    Under torchrun, ``cuda`` is this process's own GPU, ``cuda:LOCAL_RANK``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    world = distributed.current()
+    if name == "cuda" and world.active and torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise GanbenchError(f"device={name} was asked for but CUDA is not available here; "
                             f"use device=cpu or device=auto.")
@@ -75,6 +85,7 @@ class Run:
     z_fixed: torch.Tensor | None = None
     step: int = 0
     history: list = field(default_factory=list)
+    world: distributed.World = field(default_factory=distributed.current)  # torchrun's ranks, or a world of one
 
     @property
     def sampler(self) -> torch.nn.Module:
@@ -82,6 +93,10 @@ class Run:
         return self.G_ema if self.G_ema is not None else self.G
 
     def state(self) -> dict:
+        """The checkpoint's content; under torchrun a collective (every rank's RNG state goes to rank 0)."""
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
+        ranks = {"rng_ranks": self.world.gather(rng)} if self.world.active else {}
         return {
             "step": self.step,
             "G": self.G.state_dict(), "D": self.D.state_dict(),
@@ -89,8 +104,7 @@ class Run:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "schedulers": [s.state_dict() for s in self.schedulers],
             "z_fixed": self.z_fixed.cpu(),
-            "rng": {"cpu": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "rng": rng, **ranks,
             "history": json.dumps(self.history),
             "identity": config.identity(self.cfg),
         }
@@ -115,6 +129,9 @@ class Run:
         torch.set_rng_state(state["rng"]["cpu"])
         if self.device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        note = self.world.restore_rng(state.get("rng_ranks"), self.cfg.seed, self.step)  # ranks > 0: their own
+        if note:
+            log.info(note)
 
 
 def build(cfg: DictConfig, device: torch.device) -> Run:
@@ -137,4 +154,7 @@ def build(cfg: DictConfig, device: torch.device) -> Run:
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
     # The fixed z of the sample grid comes from its own generator: it never shifts the training RNG stream.
     z_fixed = G.sample_z(64, device=device, generator=torch.Generator(device).manual_seed(cfg.seed + 1))
+    world = distributed.current()
+    world.average_gradients(opt_g, opt_d)  # under torchrun: step() averages the gradients over the ranks first
+    world.seed_stream(cfg.seed)  # identical models on every rank; from here on each rank draws its own data
     return Run(cfg, device, dataset, G, D, G_ema, loss, constraint, opt_g, opt_d, schedulers, z_fixed)

@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint
+from ganbench import checkpoint, distributed
 from ganbench.errors import GanbenchError
 from ganbench.metrics.image import check_config
 
@@ -216,6 +216,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optim.get("decay") not in ("none", "linear"):
         raise GanbenchError(f"optim.decay must be 'none' or 'linear', got {cfg.optim.get('decay')!r}.")
     check_config(cfg.metrics)
+    distributed.check_env(cfg)  # under torchrun: the batch splits over the processes, the backend exists
 
 
 def _flatten(node, prefix: str = "") -> dict:

@@ -7,11 +7,14 @@ and calls :func:`task` once per job (in this process, or in the joblib/submitit 
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
+import re
 import sys
 import time
 import traceback
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -21,7 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config, runlock
+from ganbench import checkpoint, config, distributed, runlock
 from ganbench.errors import GanbenchError
 from ganbench.train import run
 
@@ -52,11 +55,20 @@ class SweepFailures(Callback):
                 FAILED_JOBS.append(f"{path.parent}: {record.get('error') or record['status']}")
 
 
+class ReleaseAtJobEnd(Callback):
+    """Release the job's run-directory lock once Hydra is done with the job (a joblib worker lives on)."""
+
+    def on_job_end(self, config, job_return, **kwargs):
+        runlock.release()
+
+
 def task(cfg: DictConfig) -> dict | None:
     """Hydra task: run one job; a user error is one line, and in a sweep it fails that job only."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if not distributed.current().main:  # torchrun's ranks > 0: rank 0 holds the lock, writes and reports
+        return _follower(cfg, run_dir)
     try:
         runlock.hold(run_dir)  # already taken by the log-file handler, unless hydra/job_logging was overridden
     except runlock.RunDirBusy as e:  # the other process's directory: write nothing there, not even metrics.json
@@ -64,7 +76,8 @@ def task(cfg: DictConfig) -> dict | None:
             log.error(f"ganbench: error: {e}")
             return None
         print(f"ganbench: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(2) from None
+    checkpoint.remove_temps(run_dir)  # a killed writer's half-written temp files: the lock says nobody is writing
     try:
         return run(cfg, run_dir)
     except GanbenchError as e:
@@ -99,9 +112,52 @@ def _unexpected(e: Exception, run_dir: Path) -> str:
     return f"internal error {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
 
 
+def _follower(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """A torchrun rank > 0: train and write nothing. A user error (a GanbenchError) comes to every rank at once and
+    rank 0 says it; a collective that fails because another rank died is that rank's to tell; anything else is one
+    line naming this rank."""
+    try:
+        return run(cfg, run_dir)
+    except GanbenchError:
+        pass
+    except Exception as e:
+        if not isinstance(e, torch.distributed.DistError):
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"ganbench: error: rank {distributed.current().rank}: {type(e).__name__}: {first}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _join_torchrun(argv: list[str]) -> list[str]:
+    """Under torchrun: join the process group and give every rank the same run directory: rank 0's clock fills the
+    ``${now:...}`` of hydra.run.dir (the ranks' own clocks can differ by a second). Ranks > 0 leave .hydra/ and
+    train.log to rank 0 and log only warnings."""
+    world = distributed.init_from_env()
+    t0 = datetime.fromtimestamp(world.broadcast(time.time()))
+    given = [o.split("=", 1)[1] for o in argv if o.startswith("hydra.run.dir=")]
+    if given:
+        template = given[-1]
+    else:
+        text = (importlib.resources.files(config.CONFIG_MODULE) / "train.yaml").read_text()
+        template = OmegaConf.to_container(OmegaConf.create(text).hydra.run, resolve=False)["dir"]
+    run_dir = re.sub(r"\$\{now:([^}]*)\}", lambda m: t0.strftime(m.group(1)), template)
+    argv = [o for o in argv if not o.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+    return argv if world.main else argv + ["hydra.output_subdir=null", "hydra/job_logging=none",
+                                           "hydra/hydra_logging=none"]
+
+
 def main(argv: list[str]) -> int:
     """`ganbench train [overrides] [-m]`: check the overrides up front (one-line errors), then hand over to Hydra."""
-    argv = config.prepare_argv(argv)
+    try:
+        argv = config.prepare_argv(argv)
+        if distributed.launched() and any(a in ("-m", "--multirun") for a in argv):
+            raise GanbenchError("under torchrun `ganbench train` runs one job on all the processes; run a sweep (-m) "
+                                "through a launcher instead (e.g. hydra/launcher=submitit_slurm).")
+    except GanbenchError:
+        if distributed.env_rank():  # under torchrun rank 0 says it, once
+            return 2
+        raise
+    if distributed.launched():
+        argv = _join_torchrun(argv)
     hydra_main = hydra.main(config_path="pkg://ganbench.conf", config_name="train", version_base="1.3")(task)
     old_argv = sys.argv
     sys.argv = ["ganbench train", *argv]
@@ -109,6 +165,7 @@ def main(argv: list[str]) -> int:
         hydra_main()
     finally:
         sys.argv = old_argv
+        distributed.shutdown()
     if FAILED_JOBS:
         print(f"ganbench: error: {len(FAILED_JOBS)} job(s) of the sweep failed; the others finished:", file=sys.stderr)
         for line in FAILED_JOBS:

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config, fastpath
+from ganbench import checkpoint, config, constraints, distributed, fastpath
 from ganbench.build import Run, build, generate, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.logger import Progress, RunLogger
@@ -48,12 +48,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     record.attach(r, ckpts)
     Dw = r.constraint.wrap(r.D)  # GN/GraN wrap D's forward; the other constraints return D itself
     penalties = tuple(r.loss.penalties) + tuple(r.constraint.penalties)
-    iteration = fastpath.make_iteration(r, partial(train_iteration, r, Dw, penalties), cfg, log)  # CUDA graph
-    tb = RunLogger(run_dir, purge_step=r.step + 1 if r.step else None)
+    iteration = partial(train_iteration, r, Dw, penalties)
+    if not r.world.active:  # under torchrun the iteration holds collectives: it stays eager
+        iteration = fastpath.make_iteration(r, iteration, cfg, log)  # CUDA graph
+    tb = RunLogger(run_dir, purge_step=r.step + 1 if r.step else None) if r.world.main else distributed.Silent()
     announce(r, run_dir, tb)
-    scalars = Scalars(r, Dw, tb, Progress(cfg.steps, r.step, cfg.progress))
+    scalars = Scalars(r, Dw, tb, Progress(cfg.steps, r.step, cfg.progress and r.world.main))
     exit_code = 0
-    with StopSignals() as stop:
+    with StopSignals(r.world) as stop:
         try:
             while r.step < cfg.steps:
                 d, g = iteration()
@@ -69,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 new_best = due.eval and record.evaluate(r, tb)
                 if due.ckpt or new_best:
                     ckpts.save(r, scalars, best=new_best)
-                if stop.signum is not None:
+                if stop.poll():  # under torchrun: a signal to any rank stops every rank after this step
                     break
             record.status = "completed"
             if stop.signum is not None and r.step < cfg.steps:
@@ -95,10 +97,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def train_iteration(r: Run, Dw: Callable, penalties: tuple) -> tuple[Parts, Parts]:
     """One iteration of the algorithm: n_dis D updates on fresh real batches, one G update, LR schedule, EMA of G."""
     cfg, device = r.cfg, r.device
+    batch = r.world.share(cfg.batch_size)  # batch_size is the global batch; under torchrun each rank draws its part
     for _ in range(cfg.n_dis):
         d = d_step(r.G, r.D, Dw, r.loss, penalties, r.constraint, r.opt_d,
-                   r.dataset.sample(cfg.batch_size), r.G.sample_z(cfg.batch_size, device=device))
-    g_batch = cfg.g_batch_size or cfg.batch_size
+                   r.dataset.sample(batch), r.G.sample_z(batch, device=device))
+    g_batch = r.world.share(cfg.g_batch_size or cfg.batch_size)
     real_g = r.dataset.sample(g_batch) if r.loss.g_uses_real else None
     g = g_step(r.G, r.D, Dw, r.loss, r.opt_g, r.G.sample_z(g_batch, device=device), real_g)
     for s in r.schedulers:
@@ -133,11 +136,14 @@ def resume(r: Run, run_dir: Path) -> tuple[Path, int] | None:
 
 
 def announce(r: Run, run_dir: Path, tb: RunLogger) -> None:
-    """The run's first lines: where it writes, on what, and the model sizes."""
+    """The run's first lines: where it writes, on what, the model sizes, and what a stacked constraint runs."""
     if r.step == 0:
         tb.text("config", "```\n" + OmegaConf.to_yaml(r.cfg) + "\n```", 0)
     log.info(f"run dir: {run_dir}  device: {r.device}  params G {sum(p.numel() for p in r.G.parameters()):,} "
              f"D {sum(p.numel() for p in r.D.parameters()):,}")
+    note = constraints.stacking_note(r.loss, r.constraint)
+    if note:
+        log.info(note)
 
 
 class Due:
@@ -174,7 +180,7 @@ class Scalars:
 
     def check_finite(self, saved: str) -> None:
         """Raise 'training diverged' naming the first bad step and terms; ``saved`` says what checkpoint is kept."""
-        bad = int(self.first_bad)  # note: a GPU sync point, taken only at duty intervals
+        bad = self.r.world.first_bad(self.first_bad)  # any rank's; a GPU sync point, only at duty intervals
         if bad >= 0:
             terms = [k for k, v in self.sums.items() if not math.isfinite(float(v))]
             raise GanbenchError(f"training diverged: a non-finite loss appeared at step {bad} "
@@ -183,14 +189,15 @@ class Scalars:
     def write(self) -> None:
         """Interval means, the Lipschitz estimate, speed and learning rates to TensorBoard and the progress bar."""
         r = self.r
-        values = {k: float(v) / self.count for k, v in self.sums.items()}
-        values.update(lipschitz(r, self.Dw))
+        values = {k: float(v) / self.count for k, v in r.world.mean(self.sums).items()}  # the mean over ranks
+        if r.world.main:  # only rank 0 writes
+            values.update(lipschitz(r, self.Dw))
         now = time.perf_counter()
         rate = (r.step - self.step_interval) / max(now - self.t_interval, 1e-9)
         values["perf/steps_per_s"] = rate
         values["perf/d_images_per_s"] = rate * r.cfg.n_dis * r.cfg.batch_size * 2
-        values["lr/g"] = r.opt_g.param_groups[0]["lr"]
-        values["lr/d"] = r.opt_d.param_groups[0]["lr"]
+        values["lr/g"] = float(r.opt_g.param_groups[0]["lr"])  # a 0-dim tensor on the CUDA graph path
+        values["lr/d"] = float(r.opt_d.param_groups[0]["lr"])
         self.tb.scalars(values, r.step)
         self.progress.report(r.step, values, rate)
         self.sums, self.count, self.t_interval, self.step_interval = {}, 0, now, r.step
@@ -228,8 +235,12 @@ class Checkpoints:
         if not all(torch.isfinite(p).all() for p in r.D.parameters()):
             raise GanbenchError(f"training diverged: D's weights became non-finite by step {r.step}; "
                                 f"{self.describe()}.")
+        state = r.state()  # under torchrun every rank takes part (its RNG state); rank 0 writes
+        if not r.world.main:
+            self.last_good = self.dir / "last.pt", r.step
+            return
         try:
-            self.last_good = checkpoint.save(r.state(), self.dir), r.step
+            self.last_good = checkpoint.save(state, self.dir), r.step
             if best:  # for `ganbench eval --checkpoint best`
                 checkpoint.copy_file(self.dir / "last.pt", self.dir / "best.pt")
         except checkpoint.WriteFailed as e:
@@ -255,7 +266,13 @@ class Record:
         self.metrics = r.history[-1]["metrics"] if r.history else {}
 
     def evaluate(self, r: Run, tb: RunLogger) -> bool:
-        """Evaluate the sampling generator; log and record the metrics; True when they are the best so far."""
+        """Evaluate the sampling generator; log and record the metrics; True when they are the best so far.
+
+        Under torchrun rank 0 evaluates (its RNG forked, as always) while the others wait for its verdict.
+        """
+        return r.world.broadcast(self._evaluate(r, tb) if r.world.main else None)
+
+    def _evaluate(self, r: Run, tb: RunLogger) -> bool:
         metrics, protocol = evaluate(r.sampler, r.dataset, r.cfg, r.device, seed=r.cfg.seed * 1_000_003 + r.step,
                                      generator="ema" if r.G_ema is not None else "G")
         if protocol != self.protocol:
@@ -284,6 +301,8 @@ class Record:
 
     def write(self) -> None:
         r = self.r
+        if not r.world.main:  # one writer: rank 0
+            return
         record = {
             "step": r.step, "status": self.status, "metrics": self.metrics, "protocol": self.protocol,
             "wall_time_s": round(time.time() - self.t_start, 3), "history": r.history,
@@ -309,7 +328,8 @@ class StopSignals:
     KeyboardInterrupt for Ctrl-C) are not passed on: the run exits with its own code.
     """
 
-    def __init__(self):
+    def __init__(self, world: distributed.World | None = None):
+        self.world = world or distributed.current()
         self.signum = None
         self._old = {}
 
@@ -323,6 +343,11 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         self.signum = signum
+
+    def poll(self) -> bool:
+        """True once a stop signal came; under torchrun, once one came to any rank (all ranks agree, every step)."""
+        self.signum = self.world.agree_signal(self.signum)
+        return self.signum is not None
 
     def pass_on(self) -> None:
         old = self._old.get(self.signum)
