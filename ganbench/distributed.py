@@ -14,10 +14,10 @@ them into one process group (gloo for CPU tensors, nccl for CUDA tensors); :func
   backward()/step() stay as they are. Why not DDP: its forward hooks take part in collectives (buffer broadcasts;
   ``broadcast_buffers`` for spectral norm's u, v), so the forwards that only rank 0 runs (the Lipschitz estimate,
   sample grids, evaluation) would hang the group; its wrapper renames every state_dict key (``module.``), which
-  checkpoints, EMA and ``ganbench eval`` would all have to undo; it is documented not to support ``autograd.grad``
-  (GP, R1 and GN/GraN's double backward; it happened to average them right in a torch 2.14 probe, but undocumented),
-  and a G step through a frozen D leaves its reducer waiting on parameters that get no gradient. StyleGAN2-ADA
-  averages its gradients itself for the same reasons. The cost: no overlap of communication with the backward pass.
+  checkpoints, EMA and ``ganbench eval`` would all have to undo; and its documentation says it does not work with
+  ``torch.autograd.grad``, which GP, R1 and GN/GraN use for their double backward (a torch 2.14 probe found the
+  averages right anyway, but nothing promises it). StyleGAN2-ADA averages its gradients itself for such reasons.
+  The cost: no overlap of the all-reduce with the backward pass (one flat all-reduce per optimizer step).
 - **Spectral norm's u, v stay identical without communication**: they start identical (same seed) and the power
   iteration is a deterministic function of the weights, which the identical averaged update keeps bit-identical.
 - **Rank 0 writes**: TensorBoard, samples, metrics.json, checkpoints and the console; evaluation runs on rank 0 while
@@ -193,6 +193,17 @@ class World:
 
 
 _world = World()
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """The one line for a collective that failed because another rank died or hung; None for any other error."""
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or isinstance(e, RuntimeError) and
+            any(k in text for k in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer"))):
+        return None
+    first = (text.strip().splitlines() or [type(e).__name__])[0][:200]
+    return (f"another process of this torchrun job stopped or stopped answering ({first}); resume the whole job "
+            f"with resume=auto and the same hydra.run.dir, or resume=<run dir>.")
 
 
 def current() -> World:

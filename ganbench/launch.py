@@ -86,7 +86,7 @@ def task(cfg: DictConfig) -> dict | None:
         message = (f"out of memory on {cfg.device} with batch_size={cfg.batch_size}; "
                    f"lower batch_size or use a smaller model.")
     except Exception as e:
-        message = _unexpected(e, run_dir)
+        message = distributed.peer_failure(e) or _unexpected(e, run_dir)  # under torchrun: another rank died
     if not (run_dir / "metrics.json").exists():  # failed before training: leave a record for `ganbench report`
         record = {"step": 0, "status": "failed", "error": message, "metrics": {},
                   "config": OmegaConf.to_container(cfg, resolve=False)}
@@ -121,7 +121,7 @@ def _follower(cfg: DictConfig, run_dir: Path) -> dict | None:
     except GanbenchError:
         pass
     except Exception as e:
-        if not isinstance(e, torch.distributed.DistError):
+        if not distributed.peer_failure(e):
             first = (str(e).strip().splitlines() or [""])[0][:200]
             print(f"ganbench: error: rank {distributed.current().rank}: {type(e).__name__}: {first}", file=sys.stderr)
     raise SystemExit(1)

@@ -281,11 +281,14 @@ def test_torchrun_kill9_of_one_rank_then_resume_ends_at_the_requested_step(tmp_c
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.stderr else ""
         time.sleep(0.02)
     workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-               and f"RANK=1\0".encode() in _environ(p) and str(proc.pid) in _ancestors(int(p.name))]
+               and b"RANK=1\0" in _environ(p) and str(proc.pid) in _ancestors(int(p.name))]
     assert len(workers) == 1
     os.kill(workers[0], signal.SIGKILL)
-    proc.communicate(timeout=180)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0
+    # rank 0 says what happened in one line (when it meets the dead peer before torchrun stops it), no traceback
+    assert err.count("ganbench: error: another process of this torchrun job stopped") <= 1
+    assert "internal error" not in err and "/ganbench/" not in err
     step = checkpoint.load(checkpoint.find(tmp_cwd / "run"))["step"]
     assert 0 < step < 400
 
@@ -314,3 +317,27 @@ def _ancestors(pid: int) -> str:
             break
         chain.append(str(pid))
     return " ".join(chain)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_with_one_checkpoint(tmp_cwd):
+    """What `scancel` or a pre-emption does to `srun torchrun ...`: torchrun passes SIGTERM to its workers; they agree
+    on the step, rank 0 saves one checkpoint there, and a resumed job ends at the requested step."""
+    over = [*toy(steps=400, batch_size=16, ckpt_every=50, eval_every=200, sample_every=200), "hydra.run.dir=run"]
+    proc = torchrun(over, tmp_cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    events = tmp_cwd / "run"
+    deadline = time.monotonic() + 180
+    while not any(events.glob("events.out.tfevents.*")):  # training has started
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    record = read_metrics(tmp_cwd / "run")
+    state = checkpoint.load(tmp_cwd / "run" / "checkpoints" / "last.pt")
+    assert record["status"] == "interrupted" and record["step"] == state["step"] > 0, err[-3000:]
+    assert len(state["rng_ranks"]) == 2
+    assert out.count("stopped by SIGTERM") == 1 and "/ganbench/" not in err
+    again = torchrun([*over, "resume=run"], tmp_cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_metrics(tmp_cwd / "run")["step"] == 400
