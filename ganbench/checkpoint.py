@@ -161,13 +161,16 @@ def copy_file(src: Path, dst: Path) -> None:
     _commit(dst, data)
 
 
-def remove_temps(folder: Path) -> list[Path]:
-    """Remove the temp files writers left in ``folder`` when they were killed; call only while holding the run lock."""
+def remove_temps(run_dir: Path) -> list[Path]:
+    """Remove the temp files that writers killed mid-write (kill -9, power loss) left in ``run_dir`` and its
+    ``checkpoints/``; call it only while holding the run directory's lock (then nobody else can be writing)."""
     removed = []
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return removed
+    entries = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        try:
+            entries += list(folder.iterdir())
+        except OSError:
+            pass
     for p in entries:
         if _TEMP.match(p.name) and p.is_file():
             try:
@@ -201,7 +204,8 @@ def _fallback_hint(path: Path) -> str:
     """What to do instead of loading ``path``: its prev.pt when that file exists, else a new run."""
     prev = path.with_name("prev.pt")
     if path.name == "last.pt" and prev.is_file():
-        return f"resume=auto falls back to {prev}, or give resume={prev}"
+        return (f"{prev} holds the checkpoint before it (resume=auto falls back to it; eval and sample take "
+                f"--checkpoint {prev})")
     return "start a new run (or resume from another checkpoint file)"
 
 

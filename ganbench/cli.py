@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ganbench import runlock
 from ganbench.errors import GanbenchError
 
 USAGE = """usage: ganbench <command> [args]
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        if command == "train":
+            runlock.claim_early(rest)  # a busy run directory is refused at once, before torch and Hydra load
         module, function = COMMANDS[command]
         return getattr(importlib.import_module(module), function)(rest)
     except GanbenchError as e:

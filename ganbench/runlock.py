@@ -10,7 +10,11 @@ let two processes lock two different files of the same name).
 Hydra configures a job's logging before it writes ``.hydra/`` or calls the task, so the earliest point that knows the
 job's directory, in every launcher and for every job of a sweep, is the log-file handler: ``conf/hydra/job_logging/
 ganbench.yaml`` builds it with :func:`locked_log_file`. :func:`hold` is idempotent; the task calls it again in case
-the logging config was overridden.
+the logging config was overridden, and ``launch.ReleaseAtJobEnd`` releases it when the job ends, so a launcher's
+long-lived worker process (joblib's) does not keep a finished job's directory locked. When the command line names an
+existing run directory (``hydra.run.dir=``, ``resume=``), :func:`claim_early` takes the lock before the slow imports
+and config checks, so a busy directory is refused within a second. Under torchrun only rank 0 locks (it alone
+writes). This module imports nothing heavy: ``ganbench.cli`` calls it before torch is loaded.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import os
 import sys
 from pathlib import Path
 
-from ganbench import checkpoint
 from ganbench.errors import GanbenchError
 
 LOCK_NAME = ".ganbench.lock"
@@ -35,7 +38,7 @@ class RunLock:
     """The exclusive lock on one run directory, held by this process until :meth:`release` or its exit."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir).absolute()
+        self.run_dir = Path(os.path.abspath(run_dir))  # as Hydra spells the job's output_dir
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
 
@@ -58,9 +61,6 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
-        # Temp files in the run dir belong to a writer that died mid-write (kill -9): nobody else can be writing now.
-        for folder in (self.run_dir, self.run_dir / "checkpoints"):
-            checkpoint.remove_temps(folder)
         return self
 
     def release(self) -> None:
@@ -88,7 +88,7 @@ def hold(run_dir: Path) -> RunLock:
     """Make this process the only writer of ``run_dir``: keep its lock (taken now, or already held), release any
     other run directory's lock this process held before. Raises :class:`RunDirBusy` if another process has it."""
     global _held
-    run_dir = Path(run_dir).absolute()
+    run_dir = Path(os.path.abspath(run_dir))
     if _held is not None and _held.run_dir == run_dir and _held.fd is not None:
         return _held
     release()
@@ -107,12 +107,48 @@ def release() -> None:
 def locked_log_file(filename: str, **kwargs) -> logging.FileHandler:
     """The run's ``train.log`` handler, made after taking the run directory's lock (Hydra's logging config calls it).
 
-    Busy: print one line and exit 1 here, before Hydra writes ``.hydra/`` into the other process's directory (an
-    exception would be wrapped by ``logging.config`` into a multi-line error).
+    Busy: print one line and exit 2 here (refused before it started, like a config error), before Hydra writes
+    ``.hydra/`` into the other process's directory (an exception would become ``logging.config``'s multi-line error).
     """
-    try:
-        hold(Path(filename).parent)
-    except GanbenchError as e:
-        print(f"ganbench: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    if not _follower_rank():
+        try:
+            hold(Path(filename).parent)
+        except GanbenchError as e:
+            print(f"ganbench: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     return logging.FileHandler(filename, **kwargs)
+
+
+def claim_early(argv: list[str]) -> None:
+    """`ganbench train ARGV`: if it names an existing run directory, take its lock now (RunDirBusy if taken).
+
+    Only a single run that names its directory can meet another process's: a new timestamped directory cannot, and
+    a sweep's jobs are locked one by one as they start. The lock is kept; :func:`hold` finds it again later.
+    """
+    if _follower_rank() or any(a in ("-m", "--multirun") for a in argv):
+        return
+    run_dir = _named_run_dir(argv)
+    if run_dir is not None and run_dir.is_dir():
+        hold(run_dir)
+
+
+def _named_run_dir(argv: list[str]) -> Path | None:
+    """The run directory ``hydra.run.dir=`` or ``resume=<run dir | checkpoint>`` names (as config.prepare_argv
+    resolves it), or None."""
+    values = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    if values.get("hydra.run.dir"):
+        return Path(values["hydra.run.dir"])
+    resume = values.get("resume")
+    if resume in (None, "", "null", "auto"):
+        return None
+    path = Path(resume)
+    if path.is_file():
+        path = path.parent
+    return path.parent if path.name == "checkpoints" else path
+
+
+def _follower_rank() -> bool:
+    """True in a torchrun worker of rank > 0 (as ganbench.distributed.rank decides, without importing torch)."""
+    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+    return launched and os.environ["RANK"] != "0"
+
