@@ -21,9 +21,9 @@ from ganbench.losses import R1, GradientPenalty, Penalty, input_grad
 class Constraint:
     """Base class: every hook is a no-op.
 
-    ``normalizes_critic`` marks a constraint whose wrapper rescales f's output by f's own input gradient (GN, GraN).
-    The loss's own gradient penalties (``loss=wgan_gp``, ``loss=wgan_div``) then act on the raw critic f, not on
-    the normalised D̂ (see :meth:`penalty_critic` and :class:`GradNorm`).
+    ``normalizes_critic`` marks a constraint whose wrapper divides f's output by f's own input gradient (GN, GraN).
+    Such a constraint takes the role of a loss's own Lipschitz penalty (``loss=wgan_gp``, ``loss=wgan_div``): that
+    penalty is not applied (:meth:`run_penalties`; why: :class:`GradNorm`), and :func:`stacking_note` says so.
     """
 
     name: str = ""
@@ -31,9 +31,9 @@ class Constraint:
     has_after_d_step: bool = False
     normalizes_critic: bool = False
 
-    def penalty_critic(self, D: nn.Module, Dw: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        """The critic the loss's own penalties see: raw D under an output-normalising constraint, else ``Dw``."""
-        return D if self.normalizes_critic else Dw
+    def run_penalties(self, loss_penalties: tuple[Penalty, ...]) -> tuple[Penalty, ...]:
+        """The penalties added to L_D: the loss's own, then this constraint's; only its own if it normalises D."""
+        return tuple(self.penalties) if self.normalizes_critic else tuple(loss_penalties) + tuple(self.penalties)
 
     def prepare(self, D: nn.Module) -> nn.Module:
         return D
@@ -144,14 +144,16 @@ class GradNorm(Constraint):
 
     Wraps D's forward in both D and G steps (double backprop in both). No parameters.
 
-    For a locally linear f, ‖∇D̂‖ = ‖∇f‖²/(‖∇f‖ + |f|)² ≤ 1, with equality only where f = 0; D̂ is invariant to the
+    For a locally linear f, ‖∇D̂‖ = ‖∇f‖²/(‖∇f‖ + |f|)² ≤ 1, equal to 1 only where f = 0, and D̂ is invariant to the
     scale of f (D̂(c·f) = D̂(f), c > 0). Two consequences:
 
-    * A loss's own gradient penalty (``loss=wgan_gp``: λ(‖∇·‖ − 1)²; ``loss=wgan_div``) acts on the raw critic f,
-      not on D̂ (``normalizes_critic``). On D̂ it could only be met by pushing f → 0 on the interpolates, which
-      fights the loss: measured on mnist_mini, the penalty was ~90% of L_D, E D̂(fake) rose above E D̂(real) and G
-      collapsed to one blob (docs/RESULTS.md). On f the penalty only settles f's scale and local gradient size,
-      which D̂ ignores up to the scale, so ``wgan_gp + gn`` trains like ``wgan + gn``.
+    * GN replaces a loss's own Lipschitz penalty: ``loss=wgan_gp constraint=gn`` runs as ``loss=wgan constraint=gn``
+      (bit for bit; the start of the run says so). Stacked, the penalty has no good place to act. On D̂,
+      λ(‖∇D̂(x̂)‖ − 1)² can only be met by f → 0 on the interpolates: it took ~90 % of L_D, E D̂(fake) rose above
+      E D̂(real) and G collapsed to one blob. On the raw f, it pins ‖∇f‖ = 1 while the loss drives |f| up (real and
+      fake images lie ~20 apart in pixel space), so D̂ saturates at ±0.95, ‖∇D̂‖ ≈ 0.002 and G collapses again
+      (both measured on mnist_mini; docs/RESULTS.md). WGAN-div's k‖∇‖^p, which pushes gradients to 0, saturates
+      D̂ the same way.
     * |D̂| < 1 keeps the hinge always active: relu(1 ∓ D̂) = 1 ∓ D̂, so ``hinge + gn`` is ``wgan + gn`` plus a
       constant, step for step. The reference code (basiclab/GNGAN-PyTorch ``losses.py``: plain ``HingeLoss`` on
       the normalised output) does the same; this is a property of GN, not a bug.
@@ -173,7 +175,7 @@ class GraN(Constraint):
     """
 
     name = "gran"
-    normalizes_critic = True  # D̂ ≈ K·f/‖∇f‖ is (up to ε) invariant to f's scale: a loss's own GP acts on f
+    normalizes_critic = True  # D̂ ≈ K·f/‖∇f‖, ‖∇D̂‖ ≈ K: GraN, like GN, replaces a loss's own Lipschitz penalty
 
     def __init__(self, K: float = 1.0, eps: float = 1e-4):
         if not (K > 0 and eps > 0):
@@ -198,10 +200,9 @@ def stacking_note(loss, constraint: Constraint) -> str | None:
     own = "+".join(p.name for p in loss.penalties)
     plain = loss.plain or "its base loss"
     if constraint.normalizes_critic:
-        what = (f"{cname} normalises the critic in both steps and {name}'s own {own} penalty acts on the raw "
-                f"critic f before it ({cname} ignores f's scale)")
-    else:
-        extra = "+".join(p.name for p in constraint.penalties)
-        what = f"{name}'s own {own} penalty and the constraint's {extra} penalty are both added to L_D"
-    return (f"loss={name} + constraint={cname}: {what}; plain variants: loss={plain} constraint={cname}, "
-            f"or loss={name} constraint=none.")
+        return (f"loss={name} + constraint={cname}: {cname} normalises the critic and replaces {name}'s own {own} "
+                f"penalty, which is not applied: this run is loss={plain} constraint={cname}; for {name} alone: "
+                f"loss={name} constraint=none.")
+    extra = "+".join(p.name for p in constraint.penalties)
+    return (f"loss={name} + constraint={cname}: {name}'s own {own} penalty and the constraint's {extra} penalty are "
+            f"both added to L_D; plain variants: loss={plain} constraint={cname}, or loss={name} constraint=none.")

@@ -195,8 +195,8 @@ class WGANGP(WGAN):
     """WGAN-GP, Gulrajani et al. 2017, arXiv 1704.00028: WGAN + weight·E(‖∇D(x̂)‖₂ − 1)² on interpolates.
 
     Same as ``loss=wgan constraint=gp`` (identical RNG use). Defaults: weight=10, one_sided=False.
-    With a constraint that normalises the critic's output (``constraint=gn`` or ``gran``) the penalty acts on the
-    raw critic f, not on the normalised D̂ (see :class:`ganbench.constraints.GradNorm` for why).
+    A constraint that normalises the critic's output (``constraint=gn`` or ``gran``) replaces the penalty: the run
+    is ``loss=wgan`` with that constraint (see :class:`ganbench.constraints.GradNorm` for why).
     """
 
     name, plain = "wgan_gp", "wgan"
@@ -208,7 +208,7 @@ class WGANGP(WGAN):
 class WGANDiv(WGAN):
     """WGAN-div, Wu et al. ECCV 2018, arXiv 1712.01026: WGAN + k·E‖∇D(x̂)‖^p (see :class:`DivergencePenalty`).
 
-    Defaults: k=2, p=6, at="interpolates". Under ``constraint=gn``/``gran`` the penalty acts on the raw critic f.
+    Defaults: k=2, p=6, at="interpolates". ``constraint=gn``/``gran`` replace the penalty (as for WGAN-GP).
     """
 
     name, plain = "wgan_div", "wgan"

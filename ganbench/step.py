@@ -27,19 +27,20 @@ class Parts:
 def d_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Loss,
            penalties: tuple[Penalty, ...], constraint: Constraint, opt_d: torch.optim.Optimizer,
            real: Tensor, z: Tensor) -> Parts:
-    """L_D = loss.d_loss(Dw(real), Dw(G(z))) + Σ penalties(critic, real, fake); then the constraint's post-step hook.
+    """L_D = loss.d_loss(Dw(real), Dw(G(z))) + Σ penalties(Dw, real, fake); then the constraint's post-step hook.
 
-    ``critic`` is ``constraint.penalty_critic(D, Dw)``: Dw, except under an output-normalising constraint (GN, GraN),
-    where the penalties (then all the loss's own: such constraints carry none) act on the raw critic f = D.
+    ``penalties`` should be ``constraint.run_penalties(loss.penalties)``; a loss's own penalty that reaches here under
+    an output-normalising constraint (GN, GraN: they replace it) is left out.
     """
     with torch.no_grad():
         fake = G(z)
     d_real, d_fake = Dw(real), Dw(fake)
     terms = loss.d_loss(d_real, d_fake, real, fake)
     total, parts = terms.total, dict(terms.parts)
-    critic = constraint.penalty_critic(D, Dw)
     for penalty in penalties:
-        p = penalty(critic, real, fake)
+        if constraint.normalizes_critic and penalty in loss.penalties:
+            continue
+        p = penalty(Dw, real, fake)
         total = total + p.total
         parts.update(p.parts)
     opt_d.zero_grad(set_to_none=True)
