@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ganbench.errors import GanbenchError
 
@@ -300,3 +303,21 @@ def load_cache(path: Path, what: str, check: Callable[[object], bool] = lambda _
     except OSError:
         pass
     return None
+
+
+def read_yaml(path: Path, what: str, kind: type = DictConfig) -> DictConfig | ListConfig:
+    """A run's ``.hydra/*.yaml`` (``kind``: DictConfig or ListConfig); a missing, unreadable, damaged or empty file
+    is one GanbenchError naming ``what`` and the file."""
+    path = Path(path)
+    try:
+        loaded = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise GanbenchError(f"{what} {path} does not exist.") from None
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as e:
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise GanbenchError(f"{what} {path} is damaged and cannot be read ({detail}); restore it from a copy of "
+                            f"the run, or start a new run.") from None
+    if not isinstance(loaded, kind) or (kind is DictConfig and not loaded):
+        raise GanbenchError(f"{what} {path} is damaged (empty, or not a YAML {kind.__name__[:-6].lower()}); "
+                            f"restore it from a copy of the run, or start a new run.")
+    return loaded

@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ganbench import checkpoint, distributed
 from ganbench.errors import GanbenchError
@@ -127,7 +127,8 @@ def _resume_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
         raise GanbenchError(f"resume={value} holds no checkpoint (looked for checkpoints/last.pt and prev.pt).")
     run_dir = checkpoint.run_dir_of(ckpt)
     saved_file = run_dir / ".hydra" / "overrides.yaml"
-    saved = [str(o) for o in OmegaConf.load(saved_file)] if saved_file.is_file() else []
+    saved = [str(o) for o in checkpoint.read_yaml(saved_file, "the run's overrides", ListConfig)] \
+        if saved_file.is_file() else []
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     keep = [o for o in saved if o.split("=", 1)[0].lstrip("+~") not in given | {"resume"}
             and not o.startswith("hydra")]

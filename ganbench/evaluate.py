@@ -89,7 +89,11 @@ def run_config(run_dir: Path) -> DictConfig:
         raise GanbenchError(f"run directory {run_dir} does not exist.")
     if not path.is_file():
         raise GanbenchError(f"{run_dir} is not a ganbench run directory (no .hydra/config.yaml).")
-    return OmegaConf.load(path)
+    cfg = checkpoint.read_yaml(path, "the run's config")
+    if "dataset" not in cfg or "model" not in cfg:
+        raise GanbenchError(f"the run's config {path} is damaged (no dataset or model); restore it from a copy of "
+                            f"the run, or start a new run.")
+    return cfg
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:

@@ -24,7 +24,7 @@ from PIL import Image
 from test_cli import assert_one_line_error
 from test_train import scalars
 
-from ganbench import checkpoint, runlock
+from ganbench import checkpoint, config, evaluate, runlock
 from ganbench.data import ImageDataset, folder
 from ganbench.errors import GanbenchError
 from ganbench.launch import ReleaseAtJobEnd
@@ -357,6 +357,19 @@ def test_resume_auto_continues_from_prev_when_last_is_damaged(tmp_path, caplog):
     a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "run")
     assert b["status"] == "completed" and b["step"] == 6 and a["history"] == b["history"]
     assert checkpoint.load(last)["step"] == 6 and checkpoint.load(last.with_name("prev.pt"))["step"] == 4
+
+
+def test_a_damaged_run_config_or_overrides_file_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    checkpoint.save({"step": 1}, run_dir / "checkpoints")
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- a: [\n")
+    with pytest.raises(GanbenchError, match="the run's overrides .*overrides.yaml is damaged and cannot be read"):
+        config.prepare_argv(["steps=4", f"resume={run_dir}"])
+    for text, needle in (("x: [\n", "cannot be read"), ("", "empty"), ("a: 1\n", "no dataset or model")):
+        (run_dir / ".hydra" / "config.yaml").write_text(text)
+        with pytest.raises(GanbenchError, match=f"the run's config .*config.yaml is damaged.*{needle}"):
+            evaluate.run_config(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- caches
