@@ -122,3 +122,13 @@ def test_each_building_block_imports_alone_without_the_loop():
     assert all(name in loaded[name] for name in BLOCKS)
     pulled = {name: [m for m in mods if m in ENTRY_POINTS | RUN] for name, mods in loaded.items()}
     assert {name: mods for name, mods in pulled.items() if mods} == {}
+
+
+def test_every_function_fits_on_a_screen():
+    """No function in ganbench/ is longer than 60 lines (the loop included): long bodies hide their duties."""
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
