@@ -278,6 +278,30 @@ def load_latest(run_dir: Path, map_location="cpu") -> tuple[dict, Path] | None:
     return state, prev
 
 
+def describe_last_good(last_good: tuple[Path, int] | None) -> str:
+    """'the last good checkpoint (step N) is PATH', or that none was written; ``last_good`` is (path, step)."""
+    if last_good is None:
+        return "no checkpoint had been written yet"
+    path, step = last_good
+    return f"the last good checkpoint (step {step}) is {path}"
+
+
+def after_write_failure(last_good: tuple[Path, int] | None, run_dir: Path) -> str:
+    """What a run that could not write (a full disk) keeps, and what to do once there is space again."""
+    if last_good is None:
+        return f"{describe_last_good(None)}; free some space and start the run again"
+    return f"{describe_last_good(last_good)}; free some space, then continue with: ganbench train resume={run_dir}"
+
+
+def last_good_on_disk(run_dir: Path) -> tuple[Path, int] | None:
+    """(path, step) of ``run_dir``'s newest loadable checkpoint, or None (for an error path that only has the disk)."""
+    try:
+        found = load_latest(run_dir)
+    except GanbenchError:
+        return None
+    return None if found is None else (found[1], int(found[0].get("step", 0)))
+
+
 def load_cache(path: Path, what: str, check: Callable[[object], bool] = lambda _: True,
                map_location="cpu"):
     """A cache file's contents (``torch.load(weights_only=True)``), or None when it is missing or damaged.

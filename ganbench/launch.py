@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime
@@ -78,6 +79,7 @@ def task(cfg: DictConfig) -> dict | None:
         print(f"ganbench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     checkpoint.remove_temps(run_dir)  # a killed writer's half-written temp files: the lock says nobody is writing
+    threading.excepthook = _quiet_write_errors
     try:
         return run(cfg, run_dir)
     except GanbenchError as e:
@@ -102,10 +104,18 @@ def task(cfg: DictConfig) -> dict | None:
     raise SystemExit(1)
 
 
+def _quiet_write_errors(args) -> None:
+    """Threads' uncaught errors: a writer thread (TensorBoard's) on a full disk stays quiet, since the loop's next
+    write raises the same error and the task makes it one line; anything else is printed as usual."""
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in checkpoint.WRITE_REASONS):
+        threading.__excepthook__(args)
+
+
 def _unexpected(e: Exception, run_dir: Path) -> str:
     """The one line for an error the loop does not turn into a GanbenchError itself."""
     if isinstance(e, OSError) and e.errno in checkpoint.WRITE_REASONS:  # e.g. TensorBoard events on a full disk
-        return f"cannot write {e.filename or 'into ' + str(run_dir)}: {checkpoint.WRITE_REASONS[e.errno]}"
+        return (f"cannot write {e.filename or 'into ' + str(run_dir)}: {checkpoint.WRITE_REASONS[e.errno]}; "
+                f"{checkpoint.after_write_failure(checkpoint.last_good_on_disk(run_dir), run_dir)}")
     # a bug, not the user's input: keep the traceback in the run's log
     log.debug(traceback.format_exc())
     (run_dir / "error.log").write_text(traceback.format_exc())

@@ -225,10 +225,7 @@ class Checkpoints:
         self.last_good = resumed  # (path, step) of the newest complete checkpoint of this run, or None
 
     def describe(self) -> str:
-        if self.last_good is None:
-            return "no checkpoint had been written yet"
-        path, step = self.last_good
-        return f"the last good checkpoint (step {step}) is {path}"
+        return checkpoint.describe_last_good(self.last_good)
 
     def save(self, r: Run, scalars: Scalars, best: bool = False) -> None:
         scalars.check_finite(self.describe())
@@ -243,8 +240,8 @@ class Checkpoints:
             self.last_good = checkpoint.save(state, self.dir), r.step
             if best:  # for `ganbench eval --checkpoint best`
                 checkpoint.copy_file(self.dir / "last.pt", self.dir / "best.pt")
-        except checkpoint.WriteFailed as e:
-            raise e.with_context(self.describe()) from None
+        except checkpoint.WriteFailed as e:  # a full disk: say what is kept and how to go on
+            raise e.with_context(checkpoint.after_write_failure(self.last_good, self.dir.parent)) from None
 
 
 class Record:
@@ -317,7 +314,7 @@ class Record:
             if self.error is not None:  # the run already failed (often for the same reason): keep that message
                 log.warning(f"{e} (the run had already stopped: {self.error})")
                 return
-            raise e.with_context(self.ckpts.describe() if self.ckpts else "") from None
+            raise e.with_context(checkpoint.after_write_failure(self.ckpts.last_good, self.run_dir)) from None
 
 
 class StopSignals:

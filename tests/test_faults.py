@@ -64,6 +64,19 @@ def faulty(f, data):
 
 checkpoint._write_synced = faulty
 
+if spec["action"] == "tensorboard_full":  # TensorBoard's writer thread finds the disk full at its n-th append
+    from tensorboard.compat.tensorflow_stub.io import gfile
+
+    append, appends = gfile.LocalFileSystem.append, {"n": 0}
+
+    def full_append(self, *args, **kwargs):
+        appends["n"] += 1
+        if appends["n"] >= spec["at"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return append(self, *args, **kwargs)
+
+    gfile.LocalFileSystem.append = full_append
+
 if spec["action"] == "oom":  # the n-th D step runs out of (fake CUDA) memory
     d_step, calls = train.d_step, {"n": 0}
 
@@ -117,7 +130,8 @@ def test_disk_full_at_a_checkpoint_names_the_file_and_the_last_good_one(tmp_cwd,
     run_dir = tmp_cwd / "outputs" / "run"
     last = run_dir / "checkpoints" / "last.pt"
     assert_one_line_error(proc, f"cannot write {last}: no space left on device",
-                          f"the last good checkpoint (step 2) is {last}")
+                          f"the last good checkpoint (step 2) is {last}; free some space, then continue with: "
+                          f"ganbench train resume={run_dir}")
     assert proc.returncode == 1
     # The step-2 checkpoint is exactly the undisturbed run's and no temp file is left. metrics.json is whole: the
     # step-4 evaluation's record (written before the failed checkpoint; the final write found the disk full).
@@ -132,7 +146,7 @@ def test_disk_full_before_any_checkpoint_says_none_was_written(tmp_cwd):
                         ["train", *OVER, "hydra.run.dir=outputs/run"]))
     run_dir = tmp_cwd / "outputs" / "run"
     assert_one_line_error(proc, "checkpoints/last.pt: no space left on device",
-                          "no checkpoint had been written yet")
+                          "no checkpoint had been written yet; free some space and start the run again")
     assert list((run_dir / "checkpoints").iterdir()) == []
     assert temps(run_dir) == []
 
@@ -147,6 +161,17 @@ def test_disk_full_at_metrics_json_keeps_the_previous_record(tmp_cwd, reference)
     assert record["step"] == 2 and record["history"] == read_metrics(reference)["history"][:1]
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == (reference / "checkpoints" / "prev.pt").read_bytes()
     assert temps(run_dir) == []
+
+
+def test_disk_full_in_tensorboards_writer_thread_is_one_line_too(tmp_cwd):
+    over = tiny_overrides("mlp", dataset="grid25", steps=200, ckpt_every=2, eval_every=1000, sample_every=1000)
+    proc = finish(drive(tmp_cwd, {"file": "(no file)", "at": 40, "action": "tensorboard_full"},
+                        ["train", *over, "hydra.run.dir=outputs/run"]))
+    run_dir = tmp_cwd / "outputs" / "run"
+    assert_one_line_error(proc, f"cannot write into {run_dir}: no space left on device; the last good checkpoint",
+                          f"continue with: ganbench train resume={run_dir}")  # no thread traceback on stderr
+    step = checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"]
+    assert 0 < step < 200 and f"(step {step})" in proc.stderr and temps(run_dir) == []
 
 
 def test_write_failed_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
