@@ -19,6 +19,7 @@ writes). This module imports nothing heavy: ``ganbench.cli`` calls it before tor
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -28,6 +29,12 @@ from pathlib import Path
 from ganbench.errors import GanbenchError
 
 LOCK_NAME = ".ganbench.lock"
+
+
+log = logging.getLogger("ganbench")
+
+# Write errors of a full or failing disk (as checkpoint.WRITE_REASONS; not imported: this module stays light).
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
 class RunDirBusy(GanbenchError):
@@ -43,9 +50,17 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
-        """Take the lock without waiting, write our pid into the file; :class:`RunDirBusy` if another process has it."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # opening an existing file changes nothing in it
+        """Take the lock without waiting, write our pid into the file; :class:`RunDirBusy` if another process has it.
+
+        On a filesystem without ``flock`` (some network/parallel filesystems) the run goes on unprotected, with one
+        warning: refusing to run there at all would be worse than the race the lock prevents.
+        """
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # opening an existing file changes nothing in it
+        except OSError as e:
+            raise GanbenchError(f"cannot write the run directory {self.run_dir} ({e.strerror or e}); "
+                                f"set hydra.run.dir to a writable place.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -54,12 +69,14 @@ class RunLock:
             who = f"ganbench process {holder}" if holder else "another ganbench process"
             raise RunDirBusy(f"run directory {self.run_dir} is in use by {who}; wait for it to finish, or give "
                              f"this run another hydra.run.dir.") from None
-        except OSError as e:  # e.g. a filesystem without locks: say so rather than run unprotected silently
-            os.close(fd)
-            raise GanbenchError(f"cannot lock the run directory {self.run_dir} ({e.strerror or e}); "
-                                f"use a run directory on a local or lock-capable filesystem.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem
+            log.warning(f"cannot lock the run directory {self.run_dir} ({e.strerror or e}): a second ganbench "
+                        f"process in it would not be stopped")
+        try:  # the pid is information only (the flock is the truth): a full disk must not stop the run here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         self.fd = fd
         return self
 
@@ -116,7 +133,18 @@ def locked_log_file(filename: str, **kwargs) -> logging.FileHandler:
         except GanbenchError as e:
             print(f"ganbench: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-    return logging.FileHandler(filename, **kwargs)
+    return RunLogFile(filename, **kwargs)
+
+
+class RunLogFile(logging.FileHandler):
+    """train.log: on a full disk its failed writes stay quiet (the run itself says it in one line), instead of
+    logging's '--- Logging error ---' traceback on stderr for every later message."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
+            return
+        super().handleError(record)
 
 
 def claim_early(argv: list[str]) -> None:

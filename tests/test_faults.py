@@ -9,6 +9,7 @@ through pipes.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -270,6 +271,30 @@ def test_the_lock_conflicts_on_its_own_and_the_job_end_callback_releases_it(tmp_
         runlock.RunLock(tmp_path).acquire()  # another open file description: flock says no, even in-process
     ReleaseAtJobEnd().on_job_end(config=None, job_return=None)
     runlock.RunLock(tmp_path).acquire().release()
+
+
+def test_a_filesystem_without_locks_runs_unprotected_with_one_warning(tmp_path, monkeypatch, caplog):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="ganbench"):
+        lock = runlock.RunLock(tmp_path).acquire()
+    assert "cannot lock the run directory" in caplog.text and "would not be stopped" in caplog.text
+    assert lock.fd is not None  # held (without a lock): the run goes on
+    os.close(lock.fd)
+
+
+def test_train_log_on_a_full_disk_stays_quiet(tmp_path, capsys):
+    handler = runlock.RunLogFile(str(tmp_path / "train.log"))
+
+    def full(text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    handler.stream.write = full
+    handler.emit(logging.makeLogRecord({"msg": "step 1"}))
+    assert capsys.readouterr().err == ""  # not logging's '--- Logging error ---' traceback
+    handler.close()
 
 
 # ---------------------------------------------------------------------------------------------------- divergence
