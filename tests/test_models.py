@@ -117,3 +117,43 @@ def test_model_yaml_instantiates(yaml_name):
     assert G.z_dim == cfg.model.z_dim
     with torch.no_grad():
         assert D(G(G.sample_z(2))).shape == (2,)
+
+
+def test_sngan_cnn_discriminator_chainer_layout_matches_the_reference_code():
+    # chainer-gan-lib SNDCGANDiscriminator / GNGAN-PyTorch dcgan.32: the strided convs double the width.
+    #   3×3 3→64: 1,792   4×4 64→128: 131,200   3×3 128→128: 147,584   4×4 128→256: 524,544
+    #   3×3 256→256: 590,080   4×4 256→512: 2,097,664   3×3 512→512: 2,359,808   linear 4·4·512→1: 8,193
+    D = SNGANCNNDiscriminator((3, 32, 32), ch=64, layout="chainer")
+    assert sum(p.numel() for p in D.parameters()) == 5_860_865
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [64, 128, 128, 256, 256, 512, 512]
+    assert all(m.negative_slope == 0.1 for m in D.modules() if isinstance(m, nn.LeakyReLU))
+    with pytest.raises(GanbenchError, match="layout"):
+        SNGANCNNDiscriminator((3, 32, 32), layout="paper")
+
+
+def test_sngan_cnn_generator_init_leaves_batchnorm_at_its_default():
+    # Chainer, GNGAN-PyTorch and pytorch-gan-collections leave BatchNorm at γ = 1, β = 0; weights ~ N(0, 0.02).
+    torch.manual_seed(0)
+    G = SNGANCNNGenerator((3, 32, 32), ch=64)
+    for m in G.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            torch.testing.assert_close(m.weight.data, torch.ones_like(m.weight))
+            torch.testing.assert_close(m.bias.data, torch.zeros_like(m.bias))
+    assert abs(G.fc.weight.std().item() - 0.02) < 1e-3 and G.fc.bias.abs().max() == 0
+
+
+def test_sngan_resnet_discriminator_last_layer_has_no_bias_and_sums():
+    # sngan_projection snresnet_32.py: l5 = SNLinear(ch, 1, nobias=True) after a global sum.
+    torch.manual_seed(0)
+    D = SNGANResNetDiscriminator((3, 32, 32), ch=8)
+    assert D.fc.bias is None
+    x = torch.randn(3, 3, 32, 32)
+    h = D.net(x)
+    torch.testing.assert_close(D(x), h.sum(dim=(2, 3)) @ D.fc.weight[0])
+    # GNGAN-PyTorch resnet.32: mean over the 8×8 map and a bias.
+    D.pool, D.fc = "mean", nn.Linear(8, 1)
+    torch.testing.assert_close(D(x), h.mean(dim=(2, 3)) @ D.fc.weight[0] + D.fc.bias)
+    assert SNGANResNetDiscriminator((3, 32, 32), ch=8, bias=True, pool="mean").fc.bias is not None
+    with pytest.raises(GanbenchError, match="pool"):
+        SNGANResNetDiscriminator((3, 32, 32), ch=8, pool="max")

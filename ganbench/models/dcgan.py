@@ -1,6 +1,9 @@
 """DCGAN, Radford, Metz & Chintala 2015 (arXiv 1511.06434), the usual 32×32 variant.
 
-Initialisation as in the paper (§4): conv / linear weights ~ N(0, 0.02), BatchNorm γ ~ N(1, 0.02), biases 0.
+Initialisation: conv / linear weights ~ N(0, 0.02) as in the paper (§4), biases 0, and BatchNorm γ ~ N(1, 0.02),
+which is the PyTorch DCGAN example's (pytorch/examples ``dcgan/main.py``), not the paper's (§4 names only the weights).
+Deliberate differences from the paper: 4×4 kernels at 32×32 (the paper: 64×64), a linear projection of z, and no
+BatchNorm in D (ganbench's D carries no normalisation; constraints add it).
 """
 
 import torch
@@ -10,7 +13,7 @@ from ganbench.models.base import GeneratorBase, image_shape
 
 
 def dcgan_init(module: nn.Module) -> None:
-    """Radford et al. 2015 initialisation: weights ~ N(0, 0.02) (BatchNorm γ ~ N(1, 0.02)), biases 0."""
+    """Weights ~ N(0, 0.02) (Radford et al. 2015, §4), BatchNorm γ ~ N(1, 0.02) (pytorch/examples DCGAN), biases 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)

@@ -1,9 +1,11 @@
 """SN-GAN architectures for 32×32 images, Miyato et al. 2018 (arXiv 1802.05957), Appendix B.4.
 
 The discriminators here carry no spectral normalisation: ``constraint=sn`` (or any other constraint) adds it.
-Initialisation follows the common PyTorch reimplementations (w86763777/pytorch-gan-collections, mimicry):
-standard CNN: weights ~ N(0, 0.02), biases 0; ResNet: Xavier-uniform with gain √2 on the residual-branch convs and
-gain 1 on shortcuts, linear layers and G's output conv (as the authors' Chainer code), biases 0.
+Initialisation as the authors' Chainer code (pfnet-research/chainer-gan-lib ``common/net.py`` for the standard CNN,
+pfnet-research/sngan_projection for the ResNet) and the PyTorch reimplementations (basiclab/GNGAN-PyTorch,
+w86763777/pytorch-gan-collections): standard CNN: conv / linear weights ~ N(0, 0.02), biases 0, BatchNorm at its
+default (γ = 1, β = 0); ResNet: Xavier-uniform with gain √2 on the residual-branch convs and gain 1 on shortcuts,
+linear layers and G's output conv, biases 0.
 """
 
 import math
@@ -11,8 +13,18 @@ import math
 import torch
 from torch import nn
 
-from ganbench.models.dcgan import dcgan_init
+from ganbench.errors import GanbenchError
 from ganbench.models.base import GeneratorBase, image_shape
+
+
+def _normal_init(module: nn.Module) -> None:
+    """Conv / transposed conv / linear weights ~ N(0, 0.02), biases 0; BatchNorm left at γ = 1, β = 0 (Chainer)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
 
 # Standard CNN (Table 3).
 
@@ -32,27 +44,41 @@ class SNGANCNNGenerator(GeneratorBase):
             nn.ConvTranspose2d(ch // 4, ch // 8, 4, 2, 1), nn.BatchNorm2d(ch // 8), nn.ReLU(),  # 32×32
             nn.Conv2d(ch // 8, self.out_shape[0], 3, 1, 1), nn.Tanh(),
         )  # fmt: skip
-        dcgan_init(self)
+        _normal_init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.fc(z).view(z.shape[0], -1, 4, 4))
 
 
 class SNGANCNNDiscriminator(nn.Module):
-    """Table 3 (b): conv 3×3 s1 ch, 4×4 s2 ch, 3×3 s1 2ch, 4×4 s2 2ch, 3×3 s1 4ch, 4×4 s2 4ch, 3×3 s1 8ch, each
-    followed by LeakyReLU(0.1), then Linear(4·4·8ch → 1). The paper's sizes are ``ch=64`` (64 ... 512).
+    """Table 3 (b): conv 3×3 s1, 4×4 s2, 3×3 s1, 4×4 s2, 3×3 s1, 4×4 s2, 3×3 s1, each followed by LeakyReLU(0.1)
+    (Table 3's slope), then Linear(4·4·8ch → 1). Two channel layouts (``ch=64`` is the paper's size):
+
+    * ``layout="table3"`` (default): ch, ch, 2ch, 2ch, 4ch, 4ch, 8ch = 64, 64, 128, 128, 256, 256, 512, as Table 3
+      lists and as the paper's Figure 3 (singular values per layer: 64, 128, 128, 256, 256, 512 of them) confirms.
+    * ``layout="chainer"``: ch, 2ch, 2ch, 4ch, 4ch, 8ch, 8ch = 64, 128, 128, 256, 256, 512, 512, the strided convs
+      doubling the width: chainer-gan-lib ``SNDCGANDiscriminator``, basiclab/GNGAN-PyTorch ``dcgan.32`` and
+      pytorch-gan-collections ``cnn32`` (their published numbers were made with this one).
     """
 
-    def __init__(self, in_shape, ch: int = 64):
+    _LAYOUTS = ("table3", "chainer")
+
+    def __init__(self, in_shape, ch: int = 64, layout: str = "table3"):
         super().__init__()
         self.in_shape = image_shape(in_shape, "sngan_cnn")
-        widths = [self.in_shape[0], ch, ch, ch * 2, ch * 2, ch * 4, ch * 4, ch * 8]
+        if layout not in self._LAYOUTS:
+            raise GanbenchError(f"sngan_cnn discriminator layout must be one of {self._LAYOUTS}, got {layout!r}.")
+        c = self.in_shape[0]
+        if layout == "table3":
+            widths = [c, ch, ch, ch * 2, ch * 2, ch * 4, ch * 4, ch * 8]
+        else:
+            widths = [c, ch, ch * 2, ch * 2, ch * 4, ch * 4, ch * 8, ch * 8]
         layers = []
         for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
             k, s = (4, 2) if i % 2 else (3, 1)  # every second conv halves the resolution: 32 → 16 → 8 → 4
             layers += [nn.Conv2d(c_in, c_out, k, s, 1), nn.LeakyReLU(0.1)]
         self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(4 * 4 * ch * 8, 1))
-        dcgan_init(self)
+        _normal_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
@@ -127,18 +153,32 @@ class SNGANResNetGenerator(GeneratorBase):
 
 class SNGANResNetDiscriminator(nn.Module):
     """Table 4 (b): optimized down ResBlock (C → ch) → down ResBlock → ResBlock → ResBlock → ReLU → global sum
-    pooling → Linear(ch → 1); paper ``ch=128``. Resolution 32 → 16 → 8 → 8 → 8.
+    pooling → Linear(ch → 1) without bias; paper ``ch=128``. Resolution 32 → 16 → 8 → 8 → 8.
+
+    The final linear layer has no bias (sngan_projection ``dis_models/snresnet_32.py``: ``nobias=True``;
+    pytorch-gan-collections the same). basiclab/GNGAN-PyTorch ``resnet.32`` instead averages (``pool="mean"``) and
+    keeps the bias (``bias=True``); the GN-GAN preset sets both.
     """
 
-    def __init__(self, in_shape, ch: int = 128):
+    _POOLS = ("sum", "mean")
+
+    def __init__(self, in_shape, ch: int = 128, bias: bool = False, pool: str = "sum"):
         super().__init__()
         self.in_shape = image_shape(in_shape, "sngan_resnet")
+        if pool not in self._POOLS:
+            raise GanbenchError(f"sngan_resnet discriminator pool must be one of {self._POOLS}, got {pool!r}.")
+        self.pool = pool
         self.net = nn.Sequential(
             DBlock(self.in_shape[0], ch, down=True, first=True),
             DBlock(ch, ch, down=True), DBlock(ch, ch, down=False), DBlock(ch, ch, down=False),
             nn.ReLU(),
         )  # fmt: skip
-        self.fc = _xavier(nn.Linear(ch, 1), 1.0)
+        self.fc = nn.Linear(ch, 1, bias=bias)
+        nn.init.xavier_uniform_(self.fc.weight, 1.0)
+        if bias:
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.net(x).sum(dim=(2, 3))).squeeze(1)
+        h = self.net(x)
+        h = h.sum(dim=(2, 3)) if self.pool == "sum" else h.mean(dim=(2, 3))
+        return self.fc(h).squeeze(1)
