@@ -118,7 +118,11 @@ def _unexpected(e: Exception, run_dir: Path) -> str:
                 f"{checkpoint.after_write_failure(checkpoint.last_good_on_disk(run_dir), run_dir)}")
     # a bug, not the user's input: keep the traceback in the run's log
     log.debug(traceback.format_exc())
-    (run_dir / "error.log").write_text(traceback.format_exc())
+    try:
+        checkpoint.atomic_write_bytes(run_dir / "error.log", lambda f: f.write(traceback.format_exc().encode()))
+    except checkpoint.WriteFailed:  # a full disk as well: the traceback goes to the console instead
+        traceback.print_exc()
+        return f"internal error {type(e).__name__}: {e}"
     return f"internal error {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})"
 
 
