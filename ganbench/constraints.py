@@ -171,7 +171,18 @@ class GraN(Constraint):
 
         D̂(x) = K · f(x)·‖∇ₓf(x)‖ / (‖∇ₓf(x)‖² + ε)
 
-    Wraps D's forward in both D and G steps. Defaults K=1, ε=1e-4 (unverified; the paper tunes K).
+    Wraps D's forward in both D and G steps. Defaults K=1, ε=1e-4: the formula is the paper's (as Su, kexue.fm
+    8757, restates it); the default values could not be checked against the paper's text (reference audit,
+    docs/RESULTS.md). ‖∇D̂‖ = K·‖∇f‖²/(‖∇f‖² + ε) ≤ K inside each linear piece of a ReLU/LeakyReLU critic, but D̂
+    jumps where pieces meet (D̂ ≈ K·f/‖∇f‖ is K times the distance to the piece's own zero level), so:
+
+    * with an unbounded linear loss (``wgan``, and ``wgan_gp``/``wgan_div``, whose penalties GraN replaces) the
+      critic objective E D̂(real) − E D̂(fake) has no upper bound: the critic grows the jumps between the pieces
+      holding real and fake points (tests/test_reference.py: a gap of ~500 between points 0.02 apart). On grid25
+      every WGAN-type loss + gran ends with 0 modes and W1 in the thousands.
+    * K cannot cure it: D̂ is linear in K and the WGAN losses are linear in D̂, so K only scales the gradients and
+      Adam divides the scale out (same trajectory for K=1 and K=10, tested). With a saturating loss (``hinge``,
+      ``sgan``) K sets the logit scale and does matter.
     """
 
     name = "gran"

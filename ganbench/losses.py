@@ -255,6 +255,13 @@ class GANQP(Loss):
     d is the per-pair RMS over pixels sqrt(mean((x_r − x_f)²)) for ``norm="l2"``, mean |x_r − x_f| for "l1".
     Pairs align by batch index; if real and fake batch sizes differ, both are truncated to the smaller one.
     No Lipschitz constraint is needed. Defaults: lam=10, norm="l2".
+
+    Both norms are the reference code's exactly: its ``d_norm = 10·sqrt(mean((x_r − x_f)²))`` (128/gan_qp_l2.py)
+    and ``10·mean(|x_r − x_f|)`` (256/ and 512/gan_qp_l1.py, and 128/gan_gp_l1.py, a GAN-QP L1 despite its name)
+    are λ·d with λ = 10 (0.5·Δ²/(10·d) = Δ²/(2λd)). The default follows the 128 px L2 file (and ganbench's tuned
+    toy presets); the author's later files use ``norm="l1"``. 128/gan_qp_l2.py divides a (N, 1) Δ² by a (N,)
+    distance, which broadcasts to an N×N mean over all real/fake pairings; its later files (``d_loss[:, 0]``) and
+    ganbench pair by index.
     """
 
     g_uses_real = True
