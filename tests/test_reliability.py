@@ -1,51 +1,64 @@
-"""Runs survive kill -9, SIGTERM and requeues: checkpoints stay loadable, resume ends where an unbroken run ends."""
+"""Runs survive kill -9, SIGTERM and requeues: checkpoints stay loadable, resume ends where an unbroken run ends.
+
+The moments are made with test_faults' DRIVER (a child whose disk writer is hooked), not with sleeps: a kill in the
+middle of a write (half its bytes on disk) or just before one (the child waits on a pipe, the test kills it).
+"""
 
 from __future__ import annotations
 
+import os
 import random
+import select
 import signal
-import subprocess
-import sys
-import time
 
 import torch
-
 from conftest import read_metrics, run_cli, tiny_overrides
-from ganbench import checkpoint
+from test_faults import drive, finish
 from test_train import scalars
 
-# A toy run long enough to be killed mid-way: checkpoints every 5 steps, metrics every 10.
+from ganbench import checkpoint
+
+# A toy run long enough to be killed mid-way: checkpoints every 5 steps, metrics every 50.
 OVER = tiny_overrides("mlp", dataset="grid25", steps=300, log_every=1, ckpt_every=5, eval_every=50, sample_every=100)
 
 
-def _start(cwd, run_dir: str, extra=()):
-    cmd = [sys.executable, "-m", "ganbench.cli", "train", *OVER, *extra, f"hydra.run.dir={run_dir}", "resume=auto"]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(path, proc, timeout=120.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline and not path.exists() and proc.poll() is None:
-        time.sleep(0.05)
+def _held(cwd, spec: dict, args: list[str]):
+    """Start the driver with a 'hold' fault; return (process, True once it waits at the write, False if it ended)."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    proc = drive(cwd, {**spec, "action": "hold", "ready_fd": ready_w, "go_fd": go_r}, args, pass_fds=(ready_w, go_r))
+    os.close(ready_w)
+    os.close(go_r)
+    readable, _, _ = select.select([ready_r], [], [], 300)
+    waiting = bool(readable) and os.read(ready_r, 16) == b"ready\n"  # EOF instead: the run ended first
+    os.close(ready_r)
+    proc.go_w = go_w
+    return proc, waiting
 
 
 def test_kill9_five_times_then_resume_matches_an_unbroken_run(tmp_cwd):
     assert run_cli(["train", *OVER, "hydra.run.dir=outputs/straight"], tmp_cwd).returncode == 0
     run_dir = tmp_cwd / "outputs" / "killed"
+    args = ["train", *OVER, "hydra.run.dir=outputs/killed", "resume=auto"]
     rng = random.Random(0)
     kills = 0
     for _ in range(5):
-        proc = _start(tmp_cwd, "outputs/killed")
-        _wait_for(run_dir / "checkpoints" / "last.pt", proc)
-        time.sleep(rng.uniform(0.0, 1.5))  # somewhere in the middle: between, during or after a checkpoint write
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
+        # A checkpoint write (every 5 steps) or metrics.json's (every 50): each attempt advances the run a little.
+        spec = rng.choice([{"file": "last.pt", "at": rng.randint(1, 8)}, {"file": "metrics.json", "at": 1}])
+        if rng.random() < 0.5:  # in the middle of the write
+            proc = drive(tmp_cwd, {**spec, "action": "kill"}, args)
+        else:  # just before the write (between two steps' duties)
+            proc, waiting = _held(tmp_cwd, spec, args)
+            if waiting:
+                proc.send_signal(signal.SIGKILL)
+            os.close(proc.go_w)
+        result = finish(proc, timeout=300)
+        kills += result.returncode == -9
+        assert result.returncode in (0, -9), result.stderr
         # Whatever the moment of the kill, a complete checkpoint remains.
         assert checkpoint.load(checkpoint.find(run_dir))["step"] > 0
-    assert kills >= 3  # the run is long enough that most kills land mid-run
-    proc = run_cli(["train", *OVER, "hydra.run.dir=outputs/killed", "resume=auto"], tmp_cwd)
+    assert kills == 5  # every fault lands before the run's end
+    proc = run_cli(args, tmp_cwd)
     assert proc.returncode == 0, proc.stderr
 
     a, b = read_metrics(tmp_cwd / "outputs" / "straight"), read_metrics(run_dir)
@@ -64,16 +77,17 @@ def test_kill9_five_times_then_resume_matches_an_unbroken_run(tmp_cwd):
 
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_cwd):
     over = [o for o in OVER if not o.startswith("steps=")] + ["steps=100000"]
-    cmd = [sys.executable, "-m", "ganbench.cli", "train", *over, "hydra.run.dir=outputs/run"]
-    proc = subprocess.Popen(cmd, cwd=tmp_cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_cwd / "outputs" / "run" / "checkpoints" / "last.pt", proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert "stopped by SIGTERM" in out and "Traceback" not in err
+    proc, waiting = _held(tmp_cwd, {"file": "last.pt", "at": 1}, ["train", *over, "hydra.run.dir=outputs/run"])
+    assert waiting, finish(proc).stderr
+    proc.send_signal(signal.SIGTERM)  # arrives while the first checkpoint is being written; the step then ends
+    os.write(proc.go_w, b"x")
+    os.close(proc.go_w)
+    result = finish(proc, timeout=120)
+    assert result.returncode == 143, result.stderr
+    assert "stopped by SIGTERM" in result.stdout and "Traceback" not in result.stderr
     record = read_metrics(tmp_cwd / "outputs" / "run")
     state = checkpoint.load(tmp_cwd / "outputs" / "run" / "checkpoints" / "last.pt")
-    assert record["status"] == "interrupted" and record["step"] == state["step"] > 0
+    assert record["status"] == "interrupted" and record["step"] == state["step"] == 5
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint(tmp_cwd):
