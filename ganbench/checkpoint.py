@@ -42,7 +42,7 @@ WRITE_REASONS = {
     errno.EIO: "input/output error (the disk or network filesystem failed)",
 }
 
-# Temporary files of the writers below: ``.<name>.tmp<pid>``.
+# Temporary files of the writers below: ``.<name>.tmp<pid>`` (see _temp_path).
 _TEMP = re.compile(r"^\..+\.tmp(\d+)$")
 
 
@@ -52,6 +52,9 @@ class DamagedCheckpoint(GanbenchError):
     def __init__(self, path: Path, why: str):
         self.path, self.why = path, why
         super().__init__(f"checkpoint {path} {why}; {_fallback_hint(path)}.")
+
+    def __reduce__(self):  # picklable (a launcher may carry it to another process)
+        return type(self), (self.path, self.why)
 
 
 class WriteFailed(GanbenchError, OSError):
@@ -69,6 +72,9 @@ class WriteFailed(GanbenchError, OSError):
 
     def with_context(self, context: str) -> WriteFailed:
         return WriteFailed(self.path, self.error, context)
+
+    def __reduce__(self):  # picklable (a launcher may carry it to another process)
+        return type(self), (self.path, self.error, self.context)
 
     def __str__(self) -> str:
         return self.args[0]
@@ -94,9 +100,13 @@ def _write_synced(f, data) -> None:
     os.fsync(f.fileno())
 
 
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def _commit(path: Path, data, before_replace: Callable[[], None] | None = None) -> None:
     """Write ``data`` to a temp file next to ``path``, fsync it, run ``before_replace``, rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as f:
             _write_synced(f, data)

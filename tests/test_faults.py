@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import pickle
 import select
 import subprocess
 import sys
@@ -187,6 +188,7 @@ def test_write_failed_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch)
     with pytest.raises(checkpoint.WriteFailed, match="no space left on device") as info:
         checkpoint.atomic_write_bytes(path, lambda f: f.write(b'{"step": 2}'))
     assert isinstance(info.value, OSError) and info.value.errno == 28  # a cache writer's `except OSError` holds
+    assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)  # crosses a launcher's process boundary
     assert path.read_text() == '{"step": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     with pytest.raises(checkpoint.WriteFailed, match="last.pt: no space"):
         checkpoint.save({"step": 3}, tmp_path / "checkpoints")
@@ -352,8 +354,6 @@ def test_each_bad_checkpoint_has_its_own_message(tmp_path, ckpt_dir):
 
 
 def test_code_carrying_and_foreign_files_are_refused(tmp_path):
-    import pickle
-
     class Evil:
         def __reduce__(self):
             return (exec, ("open('pwned', 'w').write('x')",))
