@@ -183,6 +183,8 @@ class GraN(Constraint):
     * K cannot cure it: D̂ is linear in K and the WGAN losses are linear in D̂, so K only scales the gradients and
       Adam divides the scale out (same trajectory for K=1 and K=10, tested). With a saturating loss (``hinge``,
       ``sgan``) K sets the logit scale and does matter.
+    * ε is absolute while the rest ignores f's scale: where ‖∇f‖² ≲ ε, D̂ ≈ K·f·‖∇f‖/ε is not normalised (the
+      SN-GAN CNN's D at init has ‖∇f‖² ≈ 7e-6, so GraN starts there until D grows its own scale).
     """
 
     name = "gran"
