@@ -25,7 +25,8 @@ class MLPGenerator(GeneratorBase):
     """z → [Linear(hidden) → ReLU] × depth → Linear(prod(out_shape)).
 
     2D toys (``out_shape=(2,)``): raw linear output. Images (``(C, H, W)``): tanh, then reshape. PyTorch's default
-    ``nn.Linear`` initialisation (Kaiming-uniform, a=√5), as in the WGAN-GP toy code.
+    ``nn.Linear`` initialisation (Kaiming-uniform, a=√5, i.e. bound 1/√fan_in); WGAN-GP's ``gan_toy.py`` uses
+    He-uniform on its ReLU layers and width 512 — kept as is, the tuned toy presets depend on it.
     """
 
     def __init__(self, out_shape, z_dim: int = 2, hidden: int = 512, depth: int = 3):
