@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if command == "train":
-            runlock.claim_early(rest)  # a busy run directory is refused at once, before torch and Hydra load
+            runlock.refuse_if_busy(rest)  # a busy run directory is refused at once, before torch and Hydra load
         module, function = COMMANDS[command]
         return getattr(importlib.import_module(module), function)(rest)
     except GanbenchError as e:

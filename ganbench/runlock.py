@@ -12,8 +12,8 @@ job's directory, in every launcher and for every job of a sweep, is the log-file
 ganbench.yaml`` builds it with :func:`locked_log_file`. :func:`hold` is idempotent; the task calls it again in case
 the logging config was overridden, and ``launch.ReleaseAtJobEnd`` releases it when the job ends, so a launcher's
 long-lived worker process (joblib's) does not keep a finished job's directory locked. When the command line names an
-existing run directory (``hydra.run.dir=``, ``resume=``), :func:`claim_early` takes the lock before the slow imports
-and config checks, so a busy directory is refused within a second. Under torchrun only rank 0 locks (it alone
+existing run directory (``hydra.run.dir=``, ``resume=``), :func:`refuse_if_busy` probes the lock before the slow
+imports and config checks, so a busy directory is refused within a second. Under torchrun only rank 0 locks (it alone
 writes). This module imports nothing heavy: ``ganbench.cli`` calls it before torch is loaded.
 """
 
@@ -66,9 +66,7 @@ class RunLock:
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            who = f"ganbench process {holder}" if holder else "another ganbench process"
-            raise RunDirBusy(f"run directory {self.run_dir} is in use by {who}; wait for it to finish, or give "
-                             f"this run another hydra.run.dir.") from None
+            raise RunDirBusy(_busy_message(self.run_dir, holder)) from None
         except OSError as e:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem
             log.warning(f"cannot lock the run directory {self.run_dir} ({e.strerror or e}): a second ganbench "
                         f"process in it would not be stopped")
@@ -87,6 +85,11 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)
+
+
+def _busy_message(run_dir: Path, holder: int | None) -> str:
+    who = f"ganbench process {holder}" if holder else "another ganbench process"
+    return f"run directory {run_dir} is in use by {who}; wait for it to finish, or give this run another hydra.run.dir."
 
 
 def _read_pid(fd: int) -> int | None:
@@ -147,17 +150,33 @@ class RunLogFile(logging.FileHandler):
         super().handleError(record)
 
 
-def claim_early(argv: list[str]) -> None:
-    """`ganbench train ARGV`: if it names an existing run directory, take its lock now (RunDirBusy if taken).
+def refuse_if_busy(argv: list[str]) -> None:
+    """`ganbench train ARGV`: if it names an existing run directory whose lock another process holds, RunDirBusy now.
 
     Only a single run that names its directory can meet another process's: a new timestamped directory cannot, and
-    a sweep's jobs are locked one by one as they start. The lock is kept; :func:`hold` finds it again later.
+    a sweep's jobs are locked one by one as they start. A probe, not the lock: it writes nothing (a command refused
+    later, e.g. for a damaged checkpoint, leaves the directory as it was). Taking the real lock later (:func:`hold`)
+    settles any race: at most one process gets it.
     """
     if _follower_rank() or any(a in ("-m", "--multirun") for a in argv):
         return
     run_dir = _named_run_dir(argv)
-    if run_dir is not None and run_dir.is_dir():
-        hold(run_dir)
+    if run_dir is None:
+        return
+    try:
+        fd = os.open(Path(os.path.abspath(run_dir)) / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file (a new or pre-lock directory), or unreadable: hold() decides later
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails only while someone holds the exclusive lock
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        holder = _read_pid(fd)
+        raise RunDirBusy(_busy_message(Path(os.path.abspath(run_dir)), holder)) from None
+    except OSError:  # no locks on this filesystem: hold() warns
+        pass
+    finally:
+        os.close(fd)
 
 
 def _named_run_dir(argv: list[str]) -> Path | None:
