@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
-from conftest import compose
+from conftest import REPO, compose
 from ganbench.train import run
 
 
@@ -32,3 +34,40 @@ def test_wgan_gp_covers_ring8(tmp_path):
     assert metrics["modes"] == 8
     assert metrics["hq"] >= 0.90  # measured 0.928
     assert metrics["w1"] < 0.2
+
+
+def _toy_bar():
+    spec = importlib.util.spec_from_file_location("toy_bar", REPO / "scripts" / "toy_bar.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_toy_bar_summary_counts_seeds():
+    """Seeds meeting the bar per pair, mean ± std over the seeds that ran; a failed run counts against the pair."""
+    toy_bar = _toy_bar()
+    ok = {"modes": 25, "hq": 0.95, "w1": 0.2}
+    rows = [("grid25", "a", 25, ok), ("grid25", "a", 25, {"modes": 24, "hq": 0.95, "w1": 0.4}),
+            ("grid25", "a", 25, ok), ("grid25", "a", 25, ok), ("grid25", "a", 25, {**ok, "hq": 0.85}),
+            ("ring8", "b", 8, {"modes": 8, "hq": 0.9, "w1": 0.1}), ("ring8", "b", 8, {"error": "exit 1"})]
+    a, b = toy_bar.summarize(rows)
+    assert (a["met"], a["n"], a["need"], a["ok"], a["errors"]) == (3, 5, 4, False, 0)
+    assert a["hq"] == "0.930 ± 0.045" and a["w1"] == "0.240 ± 0.089" and a["modes_mean"] == 24.8
+    assert (b["met"], b["n"], b["need"], b["ok"], b["errors"]) == (1, 2, 2, False, 1)
+    assert b["hq"] == "0.900 ± 0.000"
+    assert toy_bar.summarize(rows[:4], need=3)[0]["ok"]
+    assert toy_bar.DEFAULT_SEEDS == [0, 1, 2, 3, 4]
+
+
+def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys):
+    """scripts/toy_bar.py with 30 steps, one seed: real runs, one line each, none meets the bar (exit 1)."""
+    code = _toy_bar().main(["--only", "ring8", "--seeds", "0", "--steps", "30", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    lines = [line.split() for line in out.splitlines() if line.endswith(("meets", "misses"))]
+    assert [(w[0], w[2], w[-1]) for w in lines] == [("ring8", "0", "misses")] * 4, out
+    summary = [line for line in out.splitlines() if "meet the bar (need 1)" in line]
+    assert len(summary) == 4 and all("0/1 meet the bar" in line and line.endswith("BELOW") for line in summary), out
+    assert "0/4 pairs meet the bar in enough seeds" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ring8_ganqp_none_seed0", "ring8_hinge_sn_seed0", "ring8_wgan_gn_seed0", "ring8_wgan_gp_seed0"]
