@@ -7,7 +7,8 @@ that is still running or partly failed is fine: every job directory gets a row w
 launcher has not started yet have no directory and no row.
 
 Writes ``report.md`` and ``report.csv`` (one row per run: final metrics and the best value of each metric over the
-run's evaluations) and ``heatmap_<metric>.png`` (loss × constraint, mean ± std of the final value over the runs of a
+run's evaluations; for 2D toys also one row per setting over its seeds: how many seeds meet PacGAN's bar, all modes
+and hq ≥ 0.9, with mean ± std of hq and W1) and ``heatmap_<metric>.png`` (loss × constraint, mean ± std of the final value over the runs of a
 cell: seeds and any other overrides), and prints the markdown.
 """
 
@@ -33,6 +34,9 @@ PREFERRED = ("w1", "modes", "hq", "fid")
 # Metrics where lower is better; every other metric (modes, hq, is, ...) is better when higher.
 LOWER_IS_BETTER = ("w1", "fd", "fid", "kid")
 NOT_DONE = ("failed", "diverged")
+# PacGAN's bar on the 2D toys: every mode covered and at least this fraction of high-quality samples.
+TOY_MODES = {"ring8": 8, "grid25": 25}
+HQ_BAR = 0.90
 
 
 def lower_is_better(metric: str) -> bool:
@@ -48,6 +52,7 @@ class Run:
     overrides: list[str] = field(default_factory=list)
     loss: str = "?"
     constraint: str = "?"
+    dataset: str = "?"
     step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
@@ -113,6 +118,7 @@ def read_run(run_dir: Path) -> Run:
     config = record.get("config") or {}
     run.loss = _choice("loss", choices, overrides, config)
     run.constraint = _choice("constraint", choices, overrides, config)
+    run.dataset = _choice("dataset", choices, overrides, config)
     return run
 
 
@@ -153,6 +159,47 @@ def _split_overrides(runs: list[Run]) -> tuple[list[str], dict[str, list[str]]]:
     return common, {r.name: [o for o in r.overrides if o not in common] for r in runs}
 
 
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+
+
+def seed_summary(runs: list[Run]) -> list[dict]:
+    """2D-toy runs grouped by setting (dataset, loss, constraint and every varying override but ``seed=``): the
+    seeds run, how many meet PacGAN's bar (all modes, hq ≥ 0.9; a failed or unfinished run does not), and the
+    mean ± std of hq and W1 over the completed runs. Empty when no run is on a 2D toy."""
+    _, varying = _split_overrides(runs)
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        if r.dataset in TOY_MODES:
+            rest = " ".join(o for o in varying[r.name] if not o.startswith(("seed=", "dataset=", "loss=", "constraint=")))
+            groups.setdefault((r.dataset, r.loss, r.constraint, rest), []).append(r)
+    out = []
+    for (dataset, loss, constraint, rest), group in groups.items():
+        done = [r for r in group if r.status == "completed" and {"modes", "hq", "w1"} <= r.metrics.keys()]
+        met = sum(r.metrics["modes"] >= TOY_MODES[dataset] and r.metrics["hq"] >= HQ_BAR for r in done)
+        out.append({"dataset": dataset, "loss": loss, "constraint": constraint, "overrides": rest, "n": len(group),
+                    "completed": len(done), "met": met, "hq": _mean_std([r.metrics["hq"] for r in done]),
+                    "w1": _mean_std([r.metrics["w1"] for r in done])})
+    return out
+
+
+def _seed_lines(runs: list[Run]) -> list[str]:
+    rows = seed_summary(runs)
+    if not rows:
+        return []
+    lines = ["", f"## Over seeds: PacGAN's bar (all modes, hq ≥ {HQ_BAR})", "",
+             "| dataset | loss | constraint | other overrides | seeds meeting the bar | hq mean ± std | "
+             "W1 mean ± std |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        unfinished = f" ({row['n'] - row['completed']} not completed)" if row["completed"] < row["n"] else ""
+        lines.append(f"| {row['dataset']} | {row['loss']} | {row['constraint']} | {row['overrides']} | "
+                     f"{row['met']}/{row['n']}{unfinished} | {row['hq']} | {row['w1']} |")
+    return lines
+
+
 def to_markdown(runs: list[Run], metrics: list[str], sweep_dir: Path, heatmap: str | None) -> str:
     common, varying = _split_overrides(runs)
     counts = {}
@@ -171,6 +218,7 @@ def to_markdown(runs: list[Run], metrics: list[str], sweep_dir: Path, heatmap: s
                  *(_fmt(r.metrics.get(m)) for m in metrics), *(_fmt(r.best.get(m)) for m in metrics),
                  _fmt(r.wall_time_s)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += _seed_lines(runs)
     unfinished = [r for r in runs if r.status != "completed"]
     if unfinished:
         lines += ["", "## Runs that did not complete", ""]

@@ -181,3 +181,32 @@ def test_report_of_a_real_sweep_and_its_hparams(tmp_cwd):
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
     assert start.hparams["loss"].string_value == "ganqp" and start.hparams["constraint"].string_value == "sn"
     assert {"hparam/w1", "hparam/modes", "hparam/hq"} <= set(acc.Tags()["scalars"])
+
+
+def test_seed_summary_counts_seeds_meeting_the_bar(tmp_path, capsys):
+    """One row per setting over seeds: seeds meeting PacGAN's bar (unfinished runs count as misses), mean ± std."""
+    sweep = tmp_path / "seeds"
+    results = [(25, 0.95, 0.2), (25, 0.93, 0.3), (24, 0.95, 0.4), (25, 0.85, 0.5)]
+    for seed, (modes, hq, w1) in enumerate(results):
+        make_run(sweep, f"{seed}_hinge_sn", ["dataset=grid25", "loss=hinge", "constraint=sn", f"seed={seed}"],
+                 metrics={"modes": modes, "hq": hq, "w1": w1})
+    make_run(sweep, "4_hinge_sn", ["dataset=grid25", "loss=hinge", "constraint=sn", "seed=4"], status="diverged",
+             error="training diverged: NaN at step 3.")
+    make_run(sweep, "5_wgan_gn", ["dataset=ring8", "loss=wgan", "constraint=gn", "seed=0"],
+             metrics={"modes": 8, "hq": 0.91, "w1": 0.1})
+    rows = report.seed_summary(report.read_sweep(sweep))
+    assert [(r["dataset"], r["loss"], r["constraint"], r["met"], r["n"], r["completed"]) for r in rows] == [
+        ("grid25", "hinge", "sn", 2, 5, 4), ("ring8", "wgan", "gn", 1, 1, 1)]
+    assert rows[0]["hq"] == "0.920 ± 0.048" and rows[0]["w1"] == "0.350 ± 0.129"
+    assert rows[1]["hq"] == "0.910 ± 0.000"
+    assert cli.main(["report", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "| grid25 | hinge | sn |  | 2/5 (1 not completed) | 0.920 ± 0.048 | 0.350 ± 0.129 |" in out
+
+
+def test_seed_summary_is_empty_for_image_runs(tmp_path):
+    sweep = tmp_path / "images"
+    make_run(sweep, "0_hinge_sn", ["loss=hinge", "constraint=sn"], metrics={"fd_classifier": 90.0},
+             choices={"dataset": "mnist_mini", "loss": "hinge", "constraint": "sn"})
+    assert report.seed_summary(report.read_sweep(sweep)) == []
+    assert "Over seeds" not in report.to_markdown(report.read_sweep(sweep), ["fd_classifier"], sweep, None)
