@@ -39,6 +39,7 @@ CONSTRAINT = {
            "g_batch_size": 128},
     "gran": {},  # no public code and no verified setting: the loss's recipe alone
 }
+NORMALIZING = ("gn",)  # replaces a loss's own penalty: its setting wins over a penalty loss's too
 PENALTY_LOSSES = ("wgan_gp", "wgan_div")  # Lipschitz methods of their own: their setting wins over the constraint's
 PAIRS = [(loss, constraint) for loss in LOSSES for constraint in CONSTRAINTS]
 
@@ -54,7 +55,10 @@ def test_tables_cover_every_option():
     loss_files = {p.stem for p in (recipe / "loss" / "paper").glob("*.yaml")}
     penalty_files = {p.stem for p in (recipe / "penalty_loss" / "paper").glob("*.yaml")}
     assert penalty_files == set(PENALTY_LOSSES) and loss_files | penalty_files == set(LOSS)
-    assert {p.stem for p in (recipe / "constraint" / "paper").glob("*.yaml")} == {k for k, v in CONSTRAINT.items() if v}
+    constraint_files = {p.stem for p in (recipe / "constraint" / "paper").glob("*.yaml")}
+    normalizing_files = {p.stem for p in (recipe / "normalizing" / "paper").glob("*.yaml")}
+    assert normalizing_files == set(NORMALIZING)
+    assert constraint_files | normalizing_files == {k for k, v in CONSTRAINT.items() if v}
     for path in recipe.rglob("*.yaml"):
         lines = path.read_text().splitlines()
         assert lines[0] == "# @package _global_" and len(lines) > 2 and lines[1].startswith("# "), path
@@ -72,7 +76,7 @@ def test_shared_default_is_unchanged(loss, constraint):
 @pytest.mark.parametrize("loss,constraint", PAIRS)
 def test_paper_recipe_values(loss, constraint):
     expected = {**LOSS[loss], **CONSTRAINT[constraint]}  # the constraint's setting wins over a plain loss's
-    if loss in PENALTY_LOSSES:
+    if loss in PENALTY_LOSSES and constraint not in NORMALIZING:
         expected = {**CONSTRAINT[constraint], **LOSS[loss]}
     base = compose([f"loss={loss}", f"constraint={constraint}"])
     cfg = compose([f"loss={loss}", f"constraint={constraint}", "recipe=paper"])
