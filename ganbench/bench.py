@@ -165,7 +165,7 @@ def ganbench_loop(cfg: DictConfig, device: torch.device, status: list[str]) -> C
     """ganbench's iteration as `ganbench train` builds it, plus the loop's device-side running sums."""
     r = build(cfg, device)
     Dw = r.constraint.wrap(r.D)
-    penalties = tuple(r.loss.penalties) + tuple(r.constraint.penalties)
+    penalties = r.constraint.run_penalties(r.loss.penalties)
     iteration = fastpath.make_iteration(r, partial(train_iteration, r, Dw, penalties), cfg, log)
     sums: dict[str, torch.Tensor] = {}
 
@@ -223,7 +223,8 @@ class ReferenceLoop:
             self.G_ema = make(cfg.model.generator, "generator", out_shape=shape).to(device).requires_grad_(False)
             self.G_ema.load_state_dict(self.G.state_dict())
         self.gp = [(float(node.weight), bool(node.one_sided)) for node, used in
-                   ((cfg.loss, loss == "wgan_gp"), (cfg.constraint, constraint == "gp")) if used]
+                   ((cfg.loss, loss == "wgan_gp" and constraint not in ("gn", "gran")),
+                    (cfg.constraint, constraint == "gp")) if used]  # GN/GraN replace the loss's GP
 
     def critic(self, x: torch.Tensor) -> torch.Tensor:
         if self.constraint != "gn":
@@ -245,7 +246,7 @@ class ReferenceLoop:
         for weight, one_sided in self.gp:
             eps = torch.rand(len(real), *[1] * (real.dim() - 1), device=self.device)
             x = (eps * real + (1 - eps) * fake).requires_grad_(True)
-            # on the raw D, as repos write it (and as ganbench's penalties act under GN)
+            # on the raw D, as repos write it
             grad = torch.autograd.grad(self.D(x).sum(), x, create_graph=True)[0].flatten(1).norm(dim=1)
             gap = (grad - 1).clamp_min(0) if one_sided else grad - 1
             loss = loss + weight * gap.square().mean()

@@ -29,8 +29,8 @@ def d_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Los
            real: Tensor, z: Tensor) -> Parts:
     """L_D = loss.d_loss(Dw(real), Dw(G(z))) + Σ penalties(Dw, real, fake); then the constraint's post-step hook.
 
-    ``penalties`` should be ``constraint.run_penalties(loss.penalties)``; a loss's own penalty that reaches here under
-    an output-normalising constraint (GN, GraN: they replace it) is left out.
+    ``penalties`` is ``constraint.run_penalties(loss.penalties)``, decided once before the loop (GN and GraN replace a
+    loss's own penalty; the other constraints add theirs to it).
     """
     with torch.no_grad():
         fake = G(z)
@@ -38,8 +38,6 @@ def d_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Los
     terms = loss.d_loss(d_real, d_fake, real, fake)
     total, parts = terms.total, dict(terms.parts)
     for penalty in penalties:
-        if constraint.normalizes_critic and penalty in loss.penalties:
-            continue
         p = penalty(Dw, real, fake)
         total = total + p.total
         parts.update(p.parts)

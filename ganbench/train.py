@@ -47,7 +47,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ckpts = Checkpoints(run_dir / "checkpoints", resume(r, run_dir))
     record.attach(r, ckpts)
     Dw = r.constraint.wrap(r.D)  # GN/GraN wrap D's forward; the other constraints return D itself
-    penalties = tuple(r.loss.penalties) + tuple(r.constraint.penalties)
+    penalties = r.constraint.run_penalties(r.loss.penalties)  # GN/GraN replace a loss's own penalty
     iteration = partial(train_iteration, r, Dw, penalties)
     if not r.world.active:  # under torchrun the iteration holds collectives: it stays eager
         iteration = fastpath.make_iteration(r, iteration, cfg, log)  # CUDA graph

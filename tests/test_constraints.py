@@ -22,7 +22,7 @@ from ganbench.constraints import (
 )
 from ganbench.errors import GanbenchError
 from ganbench.losses import GANQP, R1, WGAN, WGANGP, GradientPenalty, Hinge, LSGAN, SGAN, WGANDiv
-from ganbench.step import d_step, g_step
+from ganbench.step import d_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "constraint"
 
@@ -138,7 +138,7 @@ def _one_d_step(loss, constraint, seed=0):
     opt = torch.optim.SGD(D.parameters(), lr=0.0)  # lr 0: the step leaves D as it was, grads stay readable
     torch.manual_seed(7)
     real, z = torch.randn(32, 2), torch.randn(32, 3)
-    out = d_step(G, D, Dw, loss, tuple(loss.penalties) + tuple(constraint.penalties), constraint, opt, real, z)
+    out = d_step(G, D, Dw, loss, constraint.run_penalties(loss.penalties), constraint, opt, real, z)
     return out, [p.grad.clone() for p in D.parameters()], D, G, real, z
 
 

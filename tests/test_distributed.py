@@ -101,7 +101,7 @@ def _train_recording(rank: int, overrides: list[str], iterations: int, out: Path
     draws = {"real": [], "z": [], "eps": []}
     _recording(r, draws)
     Dw = r.constraint.wrap(r.D)
-    penalties = tuple(r.loss.penalties) + tuple(r.constraint.penalties)
+    penalties = r.constraint.run_penalties(r.loss.penalties)
     for _ in range(iterations):
         train.train_iteration(r, Dw, penalties)
     torch.save({"G": r.G.state_dict(), "D": r.D.state_dict(), "draws": draws}, out / f"rank{rank}.pt")
@@ -132,7 +132,7 @@ def test_two_ranks_keep_identical_weights_and_match_one_process_on_the_joint_bat
     single = build_module.build(config.compose(over), CPU)
     _replaying(single, [rk["draws"] for rk in ranks])
     Dw = single.constraint.wrap(single.D)
-    penalties = tuple(single.loss.penalties) + tuple(single.constraint.penalties)
+    penalties = single.constraint.run_penalties(single.loss.penalties)
     for _ in range(6):
         train.train_iteration(single, Dw, penalties)
     for net, module in (("G", single.G), ("D", single.D)):

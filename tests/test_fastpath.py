@@ -34,7 +34,7 @@ def make_run(overrides: list[str], device: str = "cpu", foreach: bool | None = N
             for group in opt.param_groups:
                 group["foreach"] = foreach
     Dw = r.constraint.wrap(r.D)
-    penalties = tuple(r.loss.penalties) + tuple(r.constraint.penalties)
+    penalties = r.constraint.run_penalties(r.loss.penalties)
     return r, partial(train_iteration, r, Dw, penalties)
 
 
