@@ -219,3 +219,20 @@ def stacking_note(loss, constraint: Constraint) -> str | None:
     extra = "+".join(p.name for p in constraint.penalties)
     return (f"loss={name} + constraint={cname}: {name}'s own {own} penalty and the constraint's {extra} penalty are "
             f"both added to L_D; plain variants: loss={plain} constraint={cname}, or loss={name} constraint=none.")
+
+
+# Pairings the reference audit found to fail by construction (docs/RESULTS.md, "Reference audit").
+UNBOUNDED_UNDER_GRAN = ("wgan", "wgan_gp", "wgan_div")
+
+
+def pairing_warning(loss, constraint: Constraint) -> str | None:
+    """One warning line for the start of a run whose loss × constraint pairing cannot train, or None.
+
+    GraN bounds the critic's slope only inside each linear piece; a WGAN-type loss (linear in D̂, no upper bound)
+    then grows the jumps between pieces without limit, and K only rescales gradients, which Adam divides out.
+    """
+    if constraint.name == "gran" and loss.name in UNBOUNDED_UNDER_GRAN:
+        return (f"loss={loss.name} + constraint=gran cannot train: GraN bounds the critic only piecewise and a "
+                f"WGAN-type loss is unbounded, so the critic diverges (K does not help under Adam); use loss=hinge "
+                f"or sgan with gran, or constraint=gn.")
+    return None

@@ -144,6 +144,9 @@ def announce(r: Run, run_dir: Path, tb: RunLogger) -> None:
     note = constraints.stacking_note(r.loss, r.constraint)
     if note:
         log.info(note)
+    warning = constraints.pairing_warning(r.loss, r.constraint)
+    if warning:
+        log.warning(warning)
 
 
 class Due:

@@ -18,6 +18,7 @@ from ganbench.constraints import (
     R1Constraint,
     SpectralNorm,
     WeightClip,
+    pairing_warning,
     stacking_note,
 )
 from ganbench.errors import GanbenchError
@@ -229,3 +230,19 @@ def test_yaml_instantiates(path):
 
 def test_yaml_set_complete():
     assert {p.stem for p in CONF.glob("*.yaml")} == {"none", "clip", "sn", "gp", "r1", "gn", "gran"}
+
+
+@pytest.mark.parametrize("loss", ["wgan", "wgan_gp", "wgan_div", "hinge", "sgan"])
+@pytest.mark.parametrize("constraint", ["gran", "gn"])
+def test_pairing_warning_names_gran_with_wgan_type_losses_only(loss, constraint):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    L = instantiate(OmegaConf.load(conf / "loss" / f"{loss}.yaml"))
+    C = instantiate(OmegaConf.load(conf / "constraint" / f"{constraint}.yaml"))
+    warning = pairing_warning(L, C)
+    if constraint == "gran" and loss.startswith("wgan"):
+        assert warning.startswith(f"loss={loss} + constraint=gran cannot train") and warning.endswith("constraint=gn.")
+    else:
+        assert warning is None
