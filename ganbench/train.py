@@ -66,7 +66,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                     scalars.check_finite(ckpts.describe())  # nothing is logged, sampled or saved from a diverged model
                 if due.log:
                     scalars.write()
-                if due.sample:
+                if due.sample and r.world.main:  # eval-mode G on a fixed z: no RNG, no collective to skip
                     tb.samples(generate(r.sampler, r.z_fixed), r.step, getattr(r.dataset, "centers", None))
                 new_best = due.eval and record.evaluate(r, tb)
                 if due.ckpt or new_best:
