@@ -216,7 +216,8 @@ def test_prc_classifier_in_evaluate_images_separates_real_and_collapsed(metrics_
 
 def test_fd_classifier_ranks_a_trained_run_above_its_untrained_generator(net):
     """The generator of a finished default run (`ganbench train`: mnist_mini, dcgan_small, hinge + sn, 4,000 steps,
-    seed 0; its G weights in fp16 in tests/data, 0.9 MB) against the same architecture at initialisation.
+    seed 0, made when the shared Adam betas were (0.5, 0.999); its G weights in fp16 in tests/data, 0.9 MB) against
+    the same architecture at initialisation.
 
     Training it here would take 8-10 minutes on 2 cores; 300-500 steps are not enough (FD still near the untrained
     value, measured 1,563 and 2,110 against 1,976), so the test uses the stored result of a real run.

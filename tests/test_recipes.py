@@ -11,7 +11,7 @@ from ganbench import config
 
 LOSSES = ("sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan")
 CONSTRAINTS = ("none", "clip", "sn", "gp", "r1", "gn", "gran")
-SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.5, 0.999], "n_dis": 1, "batch_size": 64,
+SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
           "g_batch_size": None}
 # The sources' values, written out here by hand (the recipe files must reproduce them exactly).
 ADAM_2E4 = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.5, 0.999]}
