@@ -3,6 +3,7 @@ mode of ring8 and grid25 with ≥ 90 % high-quality samples, with the documented
 
     python scripts/toy_bar.py                       # all 8 checks, seeds 0-4, 2 runs at a time
     python scripts/toy_bar.py --seeds 0 1 --only grid25 --jobs 2
+    python scripts/toy_bar.py --only grid25 --reuse   # add seeds 2-4, reading the finished seed 0 and 1 runs
 
 Each check is one real `ganbench train` run (a subprocess, one CPU thread) with the preset named in CHECKS; the
 values are read from its metrics.json (EMA generator, 2,500 samples). Prints one line per run (modes, high-quality
@@ -24,6 +25,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 # (dataset, pair, modes of the dataset, overrides). The grid25 presets hold each pair's settings; see README.
 CHECKS = [
@@ -74,11 +77,26 @@ def summarize(rows: list[tuple[str, str, int, dict]], need: int | None = None) -
     return out
 
 
-def train(out: Path, name: str, overrides: list[str], seed: int) -> dict:
-    """One `ganbench train` run in ``out/name``; returns its metrics.json (or an error record)."""
+def finished(run_dir: Path, args: list[str]) -> dict | None:
+    """The result of a completed run in ``run_dir`` made with exactly the overrides ``args``, else None."""
+    try:
+        made_with = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+        record = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if made_with != args or record.get("status") != "completed":
+        return None
+    return {**record["metrics"], "step": record["step"], "wall": record.get("wall_time_s", float("nan"))}
+
+
+def train(out: Path, name: str, overrides: list[str], seed: int, reuse: bool = False) -> dict:
+    """One `ganbench train` run in ``out/name``; returns its metrics.json (or an error record). With ``reuse``, a
+    completed run already in ``out/name`` with the same overrides is read instead of run again."""
     run_dir = out / name
-    cmd = [sys.executable, "-m", "ganbench.cli", "train", *overrides, f"seed={seed}", "device=cpu", "cpu_threads=1",
-           "progress=false", f"hydra.run.dir={run_dir}"]
+    args = [*overrides, f"seed={seed}", "device=cpu", "cpu_threads=1", "progress=false"]
+    if reuse and (done := finished(run_dir, args)) is not None:
+        return done
+    cmd = [sys.executable, "-m", "ganbench.cli", "train", *args, f"hydra.run.dir={run_dir}"]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
@@ -94,17 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--need", type=int, help="seeds a pair must pass (default ⌈0.8·N⌉: 4 of 5)")
     parser.add_argument("--only", choices=["ring8", "grid25"], help="run the checks of one dataset only")
+    parser.add_argument("--pair", choices=sorted({pair for _, pair, _, _ in CHECKS}), action="append",
+                        help="run the checks of this pair only (repeatable)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
     parser.add_argument("--out", type=Path, default=Path("outputs/toy_bar"), help="parent of the run directories")
     parser.add_argument("--steps", type=int, help="override every preset's steps (a smoke run; the bar needs theirs)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a completed run already in --out made with the same overrides instead of rerunning "
+                             "it (e.g. to add seeds; runs made by an older ganbench are reused too)")
     args = parser.parse_args(argv)
 
     extra = [f"steps={args.steps}"] if args.steps else []
     todo = [(ds, pair, modes, overrides + extra, seed) for ds, pair, modes, overrides in CHECKS
-            if args.only in (None, ds) for seed in args.seeds]
+            if args.only in (None, ds) and (not args.pair or pair in args.pair) for seed in args.seeds]
     names = [f"{ds}_{pair.replace('+', '_')}_seed{seed}" for ds, pair, _, _, seed in todo]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda i: train(args.out, names[i], todo[i][3], todo[i][4]), range(len(todo))))
+        results = list(pool.map(lambda i: train(args.out, names[i], todo[i][3], todo[i][4], args.reuse), range(len(todo))))
 
     print(f"{'dataset':8} {'pair':11} {'seed':>4} {'modes':>7} {'hq':>6} {'w1':>7} {'wall':>7}  "
           f"bar: all modes, hq ≥ {HQ_BAR}")

@@ -59,7 +59,7 @@ def test_toy_bar_summary_counts_seeds():
     assert toy_bar.DEFAULT_SEEDS == [0, 1, 2, 3, 4]
 
 
-def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys):
+def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys, monkeypatch):
     """scripts/toy_bar.py with 30 steps, one seed: real runs, one line each, none meets the bar (exit 1)."""
     code = _toy_bar().main(["--only", "ring8", "--seeds", "0", "--steps", "30", "--out", str(tmp_path)])
     out = capsys.readouterr().out
@@ -71,3 +71,13 @@ def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys):
     assert "0/4 pairs meet the bar in enough seeds" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ring8_ganqp_none_seed0", "ring8_hinge_sn_seed0", "ring8_wgan_gn_seed0", "ring8_wgan_gp_seed0"]
+
+    # --reuse reads those finished runs instead of training again; a changed override trains anew.
+    toy_bar = _toy_bar()
+    calls = []
+    real_run = toy_bar.subprocess.run
+    monkeypatch.setattr(toy_bar.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    assert toy_bar.main(["--only", "ring8", "--seeds", "0", "--steps", "30", "--out", str(tmp_path), "--reuse"]) == 1
+    assert calls == [] and capsys.readouterr().out.count("misses") == 4
+    toy_bar.main(["--only", "ring8", "--seeds", "0", "--steps", "20", "--out", str(tmp_path), "--reuse"])
+    assert len(calls) == 4
