@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ganbench import config, fastpath
-from ganbench.build import build, make, resolve_device
+from ganbench.build import build, lr_schedulers, make, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.train import train_iteration
 
@@ -214,10 +214,7 @@ class ReferenceLoop:
         self.D = D.to(device)
         self.opt_g = make(cfg.optim.g, "G optimizer")(self.G.parameters())
         self.opt_d = make(cfg.optim.d, "D optimizer")(self.D.parameters())
-        self.schedulers = []
-        if cfg.optim.decay == "linear":
-            self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(0.0, 1.0 - i / cfg.steps))
-                               for o in (self.opt_g, self.opt_d)]
+        self.schedulers = lr_schedulers(cfg, self.opt_g, self.opt_d)
         self.G_ema = None
         if cfg.ema_decay > 0:
             self.G_ema = make(cfg.model.generator, "generator", out_shape=shape).to(device).requires_grad_(False)

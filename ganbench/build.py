@@ -134,6 +134,16 @@ class Run:
             log.info(note)
 
 
+def lr_schedulers(cfg: DictConfig, *optimizers: torch.optim.Optimizer) -> list:
+    """``optim.decay=linear``: each lr falls linearly from its base value at step 0 to ``optim.decay_to`` times it at
+    the last step (0: to zero), one scheduler step per generator step; ``none``: no schedulers."""
+    if cfg.optim.decay != "linear":
+        return []
+    end = float(cfg.optim.get("decay_to", 0.0))
+    return [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(end, 1.0 - (1.0 - end) * i / cfg.steps))
+            for o in optimizers]
+
+
 def build(cfg: DictConfig, device: torch.device) -> Run:
     """Instantiate dataset, models, loss, constraint and optimizers from the config (seeded)."""
     torch.manual_seed(cfg.seed)
@@ -147,10 +157,7 @@ def build(cfg: DictConfig, device: torch.device) -> Run:
     loss = make(cfg.loss, "loss")
     opt_g = make(cfg.optim.g, "G optimizer")(G.parameters())
     opt_d = make(cfg.optim.d, "D optimizer")(D.parameters())
-    schedulers = []
-    if cfg.optim.decay == "linear":
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(0.0, 1.0 - i / cfg.steps))
-                      for o in (opt_g, opt_d)]
+    schedulers = lr_schedulers(cfg, opt_g, opt_d)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
     # The fixed z of the sample grid comes from its own generator: it never shifts the training RNG stream.
     z_fixed = G.sample_z(64, device=device, generator=torch.Generator(device).manual_seed(cfg.seed + 1))

@@ -216,6 +216,10 @@ def validate(cfg: DictConfig) -> None:
             raise GanbenchError(f"optim.{key} must be a positive number, got {v!r}.")
     if cfg.optim.get("decay") not in ("none", "linear"):
         raise GanbenchError(f"optim.decay must be 'none' or 'linear', got {cfg.optim.get('decay')!r}.")
+    end = cfg.optim.get("decay_to", 0.0)
+    if not isinstance(end, (int, float)) or isinstance(end, bool) or not 0 <= end <= 1:
+        raise GanbenchError(f"optim.decay_to must be a number in [0, 1] (the last step's fraction of the lr), "
+                            f"got {end!r}.")
     check_config(cfg.metrics)
     distributed.check_env(cfg)  # under torchrun: the batch splits over the processes, the backend exists
 

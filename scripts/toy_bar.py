@@ -10,8 +10,7 @@ values are read from its metrics.json (EMA generator, 2,500 samples). Prints one
 fraction, W1, wall time, meets the bar or not), then one line per pair: how many of the N seeds meet the bar and
 the mean ± std over seeds of hq and W1. Exits 1 if a pair meets the bar in fewer than ``--need`` seeds (default:
 4 of 5, i.e. ⌈0.8·N⌉) or a run fails. Run time measured here, two runs sharing
-2 cores: ring8 about 2.5 min a run; grid25 3–5 min (hinge + sn, ganqp), 13 min (wgan + gn, batch 1024) and 27 min
-(wgan_gp, batch 2048).
+2 cores: ring8 about 2.5 min a run; grid25 3–7 min (hinge + sn, ganqp, wgan_gp) and 13 min (wgan + gn, batch 1024).
 """
 
 from __future__ import annotations
@@ -127,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, ds) and (not args.pair or pair in args.pair) for seed in args.seeds]
     names = [f"{ds}_{pair.replace('+', '_')}_seed{seed}" for ds, pair, _, _, seed in todo]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda i: train(args.out, names[i], todo[i][3], todo[i][4], args.reuse), range(len(todo))))
+        results = list(pool.map(lambda i: train(args.out, names[i], todo[i][3], todo[i][4], args.reuse),
+                                range(len(todo))))
 
     print(f"{'dataset':8} {'pair':11} {'seed':>4} {'modes':>7} {'hq':>6} {'w1':>7} {'wall':>7}  "
           f"bar: all modes, hq ≥ {HQ_BAR}")

@@ -60,6 +60,7 @@ def test_default_train_runs(tmp_cwd):
     (["batch_size=1.5"], ["batch_size must be a positive integer"]),
     (["steps=1e3"], ["steps must be a positive integer"]),
     (["optim.decay=cosine"], ["optim.decay must be 'none' or 'linear'"]),
+    (["optim.decay_to=1.5"], ["optim.decay_to must be a number in [0, 1]"]),
     (["nan_policy=ignore"], ["nan_policy must be 'stop'"]),
     (["device=cuda:x"], ["device must be"]),
     (["+stepz=3"], ["unknown config key 'stepz'"]),

@@ -14,7 +14,7 @@ from ganbench.train import run
 def test_hinge_sn_covers_grid25(tmp_path):
     """grid25_hinge_sn, seed 0: 25/25 modes and ≥ 90% high-quality samples (PacGAN's bar), 10,000 steps.
 
-    The other grid25 pairs' presets take 3–27 minutes a run: scripts/toy_bar.py checks them, not the suite.
+    The other grid25 pairs' presets take 3–13 minutes a run: scripts/toy_bar.py checks them, not the suite.
     """
     cfg = compose(["experiment=grid25_hinge_sn", "device=cpu", "progress=false", "ckpt_every=10000",
                    "sample_every=10000", "log_every=2000", "eval_every=10000"])

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose, read_metrics, tiny_overrides
 from ganbench import checkpoint
+from ganbench.build import build
 from ganbench.errors import GanbenchError
 from ganbench.losses import LossTerms, WGAN
 from ganbench.train import run
@@ -177,3 +178,21 @@ def test_metrics_json_layout(tmp_path):
     assert record["config"]["loss"]["_target_"] == "ganbench.losses.Hinge"
     assert [h["step"] for h in record["history"]] == [2, 4]
     assert record["protocol"]["toy"]["samples_fake"] == 200
+
+
+@pytest.mark.parametrize("decay_to", [0.0, 0.1])
+def test_linear_decay_ends_at_decay_to(decay_to):
+    """optim.decay=linear: both lrs fall in a straight line from their base value to decay_to × base at the last step
+    (0.0, the default, is the schedule the toy presets were tuned with: lr → 0)."""
+    cfg = compose(tiny_overrides("mlp", steps=10, **{"optim.decay": "linear", "optim.decay_to": decay_to,
+                                                    "optim.lr_g": 1e-3, "optim.lr_d": 2e-3}))
+    r = build(cfg, torch.device("cpu"))
+    lrs = []
+    for _ in range(cfg.steps):
+        lrs.append([o.param_groups[0]["lr"] for o in (r.opt_g, r.opt_d)])
+        for s in r.schedulers:
+            s.step()
+    lrs.append([o.param_groups[0]["lr"] for o in (r.opt_g, r.opt_d)])
+    expected = [base * (1 - (1 - decay_to) * i / 10) for i in range(11) for base in (1e-3, 2e-3)]
+    assert sum(lrs, []) == pytest.approx(expected, abs=1e-15)
+    assert lrs[-1] == pytest.approx([1e-3 * decay_to, 2e-3 * decay_to], abs=1e-15)
