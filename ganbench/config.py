@@ -173,6 +173,10 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _known_keys() -> set[str]:
     """The top-level keys of conf/train.yaml plus the config groups."""
     text = (importlib.resources.files(CONFIG_MODULE) / "train.yaml").read_text()
@@ -195,7 +199,7 @@ def validate(cfg: DictConfig) -> None:
         raise GanbenchError(f"g_batch_size must be null or a positive integer, got {cfg.g_batch_size!r}.")
     if not _is_int(cfg.seed) or cfg.seed < 0:
         raise GanbenchError(f"seed must be a non-negative integer, got {cfg.seed!r}.")
-    if not isinstance(cfg.ema_decay, (int, float)) or isinstance(cfg.ema_decay, bool) or not 0 <= cfg.ema_decay < 1:
+    if not _is_number(cfg.ema_decay) or not 0 <= cfg.ema_decay < 1:
         raise GanbenchError(f"ema_decay must be a number in [0, 1) (0 turns EMA off), got {cfg.ema_decay!r}.")
     if cfg.cpu_threads is not None and (not _is_int(cfg.cpu_threads) or cfg.cpu_threads < 1):
         raise GanbenchError(f"cpu_threads must be null or a positive integer, got {cfg.cpu_threads!r}.")
@@ -212,12 +216,12 @@ def validate(cfg: DictConfig) -> None:
         raise GanbenchError(f"resume must be a path or 'auto', got {cfg.resume!r}.")
     for key in ("lr_g", "lr_d"):
         v = cfg.optim.get(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+        if not _is_number(v) or not v > 0:
             raise GanbenchError(f"optim.{key} must be a positive number, got {v!r}.")
     if cfg.optim.get("decay") not in ("none", "linear"):
         raise GanbenchError(f"optim.decay must be 'none' or 'linear', got {cfg.optim.get('decay')!r}.")
     end = cfg.optim.get("decay_to", 0.0)
-    if not isinstance(end, (int, float)) or isinstance(end, bool) or not 0 <= end <= 1:
+    if not _is_number(end) or not 0 <= end <= 1:
         raise GanbenchError(f"optim.decay_to must be a number in [0, 1] (the last step's fraction of the lr), "
                             f"got {end!r}.")
     check_config(cfg.metrics)
