@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchvision.utils import make_grid
 
-from ganbench import checkpoint, config
+from ganbench import checkpoint, config, runlock
 from ganbench.build import generate, make, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.metrics.classifier import feature_net
@@ -173,6 +173,38 @@ def eval_main(argv: list[str]) -> int:
     protocol = {k: {**v, **source} for k, v in protocol.items()}
 
     path = run_dir / "metrics.json"
+    busy = None
+    try:  # one writer per run directory: a training run still in it rewrites metrics.json at its next evaluation
+        lock = runlock.RunLock(run_dir).acquire()
+    except runlock.RunDirBusy as e:
+        busy = str(e).split(";")[0]
+    else:
+        try:
+            _merge_into_metrics_json(path, cfg, step, metrics, protocol)
+        finally:
+            lock.release()
+
+    print(f"{run_dir} ({ckpt.name}, step {step}, {which}):")
+    skipped: dict[str, list[str]] = {}
+    for name, p in protocol.items():
+        if "skipped" in p:
+            skipped.setdefault(p["skipped"], []).append(name)
+            continue
+        value = f"{metrics[name]:.6g}" + (f" ± {metrics['kid_std']:.2g}" if name == "kid" else "")
+        print(f"  {name:14s} {value}   ({p['real']}: {p['num_real']} real / {p['num_fake']} fake; "
+              f"{p['feature_net'].split(' (')[0]}, weights {p['weights_sha256']})")
+    for reason, names in skipped.items():
+        print(f"  {', '.join(names):14s} skipped: {reason}")
+    if busy:
+        log.warning("%s: not written to %s (the run would overwrite it); rerun `ganbench eval` when it has ended",
+                    busy, path)
+    else:
+        print(f"  written to {path}")
+    return 0
+
+
+def _merge_into_metrics_json(path: Path, cfg: DictConfig, step: int, metrics: dict, protocol: dict) -> None:
+    """Add ``metrics`` and ``protocol`` to the run's metrics.json (made if missing or unreadable), atomically."""
     record = {}
     if path.is_file():
         try:
@@ -186,20 +218,6 @@ def eval_main(argv: list[str]) -> int:
     record["protocol"] = {**(record.get("protocol") or {}), **protocol}
     text = json.dumps(record, indent=2, default=str).encode()
     checkpoint.atomic_write_bytes(path, lambda f: f.write(text))
-
-    print(f"{run_dir} ({ckpt.name}, step {step}, {which}):")
-    skipped: dict[str, list[str]] = {}
-    for name, p in protocol.items():
-        if "skipped" in p:
-            skipped.setdefault(p["skipped"], []).append(name)
-            continue
-        value = f"{metrics[name]:.6g}" + (f" ± {metrics['kid_std']:.2g}" if name == "kid" else "")
-        print(f"  {name:14s} {value}   ({p['real']}: {p['num_real']} real / {p['num_fake']} fake; "
-              f"{p['feature_net'].split(' (')[0]}, weights {p['weights_sha256']})")
-    for reason, names in skipped.items():
-        print(f"  {', '.join(names):14s} skipped: {reason}")
-    print(f"  written to {path}")
-    return 0
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:

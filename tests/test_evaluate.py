@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose, read_metrics, run_cli, tiny_overrides
-from ganbench import checkpoint, evaluate
+from ganbench import checkpoint, evaluate, runlock
 from ganbench.errors import GanbenchError
 from test_classifier_metric import _use_metrics_cache, metrics_cache  # noqa: F401  (shared session cache)
 
@@ -63,6 +64,25 @@ def test_eval_uses_the_ema_generator_and_writes_metrics_json_when_missing(tmp_pa
     p = record["protocol"]["fd_classifier"]
     assert p["generator"] == "G_ema" and p["real"] == "mnist_mini-test-32" and p["num_real"] == 1000
     assert record["step"] == 7 and "config" in record
+
+
+def test_eval_leaves_metrics_json_alone_while_a_training_run_holds_the_directory(tmp_path, capsys, caplog):
+    run = tmp_path / "run"
+    make_run(run, metrics={"step": 7, "status": "running", "metrics": {"old": 1.0}, "protocol": {}})
+    before = (run / "metrics.json").read_bytes()
+    holder = runlock.RunLock(run).acquire()  # a separate lock, as a training process in the directory holds it
+    try:
+        assert evaluate.eval_main([str(run), "metrics.num_fake=200", "device=cpu"]) == 0
+    finally:
+        holder.release()
+    assert (run / "metrics.json").read_bytes() == before  # the running job's record is not rewritten under it
+    out = capsys.readouterr().out
+    assert "fd_classifier" in out and "written to" not in out  # the numbers are still printed
+    assert f"in use by ganbench process {os.getpid()}" in caplog.text and "not written to" in caplog.text
+    # once the directory is free, the same command merges its numbers in
+    assert evaluate.eval_main([str(run), "metrics.num_fake=200", "device=cpu"]) == 0
+    record = read_metrics(run)
+    assert record["metrics"]["old"] == 1.0 and math.isfinite(record["metrics"]["fd_classifier"])
 
 
 def test_eval_errors_are_one_sentence(tmp_path):
