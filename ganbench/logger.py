@@ -16,6 +16,8 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ganbench import checkpoint
+
 log = logging.getLogger("ganbench")
 
 
@@ -65,7 +67,8 @@ class RunLogger:
             grid = vutils.make_grid(images.detach().float().cpu(), nrow=int(math.sqrt(len(images))),
                                     normalize=True, value_range=(-1, 1), padding=2)
         path = self.run_dir / "samples" / f"step_{step:07d}.png"
-        vutils.save_image(grid, path)
+        # atomically, as checkpoints: a kill or a full disk mid-write leaves no truncated PNG (WriteFailed: one line)
+        checkpoint.atomic_write_bytes(path, lambda f: vutils.save_image(grid, f, format="png"))
         self.writer.add_image("samples", grid, step)
         return path
 

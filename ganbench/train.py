@@ -9,6 +9,7 @@ The Hydra entry point of `ganbench train` is :mod:`ganbench.launch`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -67,7 +68,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 if due.log:
                     scalars.write()
                 if due.sample and r.world.main:  # eval-mode G on a fixed z: no RNG, no collective to skip
-                    tb.samples(generate(r.sampler, r.z_fixed), r.step, getattr(r.dataset, "centers", None))
+                    with ckpts.naming_the_last_good():  # a full disk: one line, as at a checkpoint
+                        tb.samples(generate(r.sampler, r.z_fixed), r.step, getattr(r.dataset, "centers", None))
                 new_best = due.eval and record.evaluate(r, tb)
                 if due.ckpt or new_best:
                     ckpts.save(r, scalars, best=new_best)
@@ -230,6 +232,14 @@ class Checkpoints:
     def describe(self) -> str:
         return checkpoint.describe_last_good(self.last_good)
 
+    @contextlib.contextmanager
+    def naming_the_last_good(self):
+        """A failed write (a full disk) inside says what is kept and how to go on: the last good checkpoint."""
+        try:
+            yield
+        except checkpoint.WriteFailed as e:
+            raise e.with_context(checkpoint.after_write_failure(self.last_good, self.dir.parent)) from None
+
     def save(self, r: Run, scalars: Scalars, best: bool = False) -> None:
         scalars.check_finite(self.describe())
         if not all(torch.isfinite(p).all() for p in r.D.parameters()):
@@ -239,12 +249,10 @@ class Checkpoints:
         if not r.world.main:
             self.last_good = self.dir / "last.pt", r.step
             return
-        try:
+        with self.naming_the_last_good():
             self.last_good = checkpoint.save(state, self.dir), r.step
             if best:  # for `ganbench eval --checkpoint best`
                 checkpoint.copy_file(self.dir / "last.pt", self.dir / "best.pt")
-        except checkpoint.WriteFailed as e:  # a full disk: say what is kept and how to go on
-            raise e.with_context(checkpoint.after_write_failure(self.last_good, self.dir.parent)) from None
 
 
 class Record:

@@ -165,6 +165,19 @@ def test_disk_full_at_metrics_json_keeps_the_previous_record(tmp_cwd, reference)
     assert temps(run_dir) == []
 
 
+def test_disk_full_at_a_sample_grid_leaves_no_partial_png(tmp_cwd, reference):
+    proc = finish(drive(tmp_cwd, {"file": "step_", "at": 2, "action": "enospc"},
+                        ["train", *OVER, "hydra.run.dir=outputs/run"]))
+    run_dir = tmp_cwd / "outputs" / "run"
+    png = run_dir / "samples" / "step_0000004.png"
+    assert_one_line_error(proc, f"cannot write {png}: no space left on device",
+                          f"the last good checkpoint (step 2) is {run_dir / 'checkpoints' / 'last.pt'}")
+    assert proc.returncode == 1
+    assert not png.exists() and temps(run_dir) == []  # no truncated grid; the step-2 one is the reference's
+    first = "samples/step_0000002.png"
+    assert (run_dir / first).read_bytes() == (reference / first).read_bytes()
+
+
 def test_disk_full_in_tensorboards_writer_thread_is_one_line_too(tmp_cwd):
     over = tiny_overrides("mlp", dataset="grid25", steps=200, ckpt_every=2, eval_every=1000, sample_every=1000)
     proc = finish(drive(tmp_cwd, {"file": "(no file)", "at": 40, "action": "tensorboard_full"},
