@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from conftest import REPO, compose, tiny_overrides
 from ganbench.train import run
 
 
@@ -36,11 +37,15 @@ def test_wgan_gp_covers_ring8(tmp_path):
     assert metrics["w1"] < 0.2
 
 
-def _toy_bar():
-    spec = importlib.util.spec_from_file_location("toy_bar", REPO / "scripts" / "toy_bar.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _toy_bar():
+    return _script("toy_bar")
 
 
 def test_toy_bar_summary_counts_seeds():
@@ -81,3 +86,31 @@ def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys, monkeypa
     assert calls == [] and capsys.readouterr().out.count("misses") == 4
     toy_bar.main(["--only", "ring8", "--seeds", "0", "--steps", "20", "--out", str(tmp_path), "--reuse"])
     assert len(calls) == 4
+
+
+def test_toy_modes_diagnoses_a_run_with_its_own_constraint(tmp_path, capsys):
+    """scripts/toy_modes.py on a short ring8 wgan + gn run: one row per mode, mass shares summing to 1, the critic
+    the loss sees (D̂ of GN, |D̂| < 1), flags as documented; an image run is refused in one line."""
+    cfg = compose(tiny_overrides("mlp", steps=4, dataset="ring8", loss="wgan", constraint="gn"))
+    run_dir = tmp_path / "run"
+    run(cfg, run_dir)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    rows = _script("toy_modes").diagnose(run_dir, n=2000)
+    assert len(rows) == 8
+    assert sum(r["mass"] for r in rows) == pytest.approx(1.0)
+    assert all(r["hq"] <= round(r["mass"] * 2000) for r in rows)
+    assert all(r["starved"] == (r["mass"] < 0.25 / 8) for r in rows)
+    seen = [r for r in rows if r["mass"] > 0]
+    assert all(abs(r["d_real"]) < 1 and abs(r["d_fake"]) < 1 and -1 <= r["cos"] <= 1 for r in seen)
+    assert all(r["off"] == (r["dist"] > 3 * 0.02) for r in seen)  # ring8's σ = 0.02
+    assert _script("toy_modes").main([str(run_dir), "--n", "500"]) == 0
+    assert "starved" in capsys.readouterr().out
+
+    image_run = tmp_path / "image"
+    cfg = compose(tiny_overrides("mlp", steps=2))
+    run(cfg, image_run)
+    (image_run / ".hydra").mkdir()
+    OmegaConf.save(cfg, image_run / ".hydra" / "config.yaml")
+    assert _script("toy_modes").main([str(image_run)]) == 2
+    assert "is not a 2D toy run" in capsys.readouterr().err
