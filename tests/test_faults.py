@@ -126,10 +126,15 @@ def reference(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------- a full disk
 
 
-def test_disk_full_at_a_checkpoint_names_the_file_and_the_last_good_one(tmp_cwd, reference):
-    proc = finish(drive(tmp_cwd, {"file": "last.pt", "at": 2, "action": "enospc"},
+def train_on_a_full_disk(cwd, file: str, at: int):
+    """`ganbench train OVER` into outputs/run, the disk full from the at-th write of a file named like ``file``."""
+    proc = finish(drive(cwd, {"file": file, "at": at, "action": "enospc"},
                         ["train", *OVER, "hydra.run.dir=outputs/run"]))
-    run_dir = tmp_cwd / "outputs" / "run"
+    return proc, cwd / "outputs" / "run"
+
+
+def test_disk_full_at_a_checkpoint_names_the_file_and_the_last_good_one(tmp_cwd, reference):
+    proc, run_dir = train_on_a_full_disk(tmp_cwd, "last.pt", at=2)
     last = run_dir / "checkpoints" / "last.pt"
     assert_one_line_error(proc, f"cannot write {last}: no space left on device",
                           f"the last good checkpoint (step 2) is {last}; free some space, then continue with: "
@@ -144,9 +149,7 @@ def test_disk_full_at_a_checkpoint_names_the_file_and_the_last_good_one(tmp_cwd,
 
 
 def test_disk_full_before_any_checkpoint_says_none_was_written(tmp_cwd):
-    proc = finish(drive(tmp_cwd, {"file": "last.pt", "at": 1, "action": "enospc"},
-                        ["train", *OVER, "hydra.run.dir=outputs/run"]))
-    run_dir = tmp_cwd / "outputs" / "run"
+    proc, run_dir = train_on_a_full_disk(tmp_cwd, "last.pt", at=1)
     assert_one_line_error(proc, "checkpoints/last.pt: no space left on device",
                           "no checkpoint had been written yet; free some space and start the run again")
     assert list((run_dir / "checkpoints").iterdir()) == []
@@ -154,9 +157,7 @@ def test_disk_full_before_any_checkpoint_says_none_was_written(tmp_cwd):
 
 
 def test_disk_full_at_metrics_json_keeps_the_previous_record(tmp_cwd, reference):
-    proc = finish(drive(tmp_cwd, {"file": "metrics.json", "at": 2, "action": "enospc"},
-                        ["train", *OVER, "hydra.run.dir=outputs/run"]))
-    run_dir = tmp_cwd / "outputs" / "run"
+    proc, run_dir = train_on_a_full_disk(tmp_cwd, "metrics.json", at=2)
     assert_one_line_error(proc, f"cannot write {run_dir / 'metrics.json'}: no space left on device",
                           "last good checkpoint (step 2)")
     record = read_metrics(run_dir)  # the step-2 record, whole
@@ -166,9 +167,7 @@ def test_disk_full_at_metrics_json_keeps_the_previous_record(tmp_cwd, reference)
 
 
 def test_disk_full_at_a_sample_grid_leaves_no_partial_png(tmp_cwd, reference):
-    proc = finish(drive(tmp_cwd, {"file": "step_", "at": 2, "action": "enospc"},
-                        ["train", *OVER, "hydra.run.dir=outputs/run"]))
-    run_dir = tmp_cwd / "outputs" / "run"
+    proc, run_dir = train_on_a_full_disk(tmp_cwd, "step_", at=2)
     png = run_dir / "samples" / "step_0000004.png"
     assert_one_line_error(proc, f"cannot write {png}: no space left on device",
                           f"the last good checkpoint (step 2) is {run_dir / 'checkpoints' / 'last.pt'}")
