@@ -43,7 +43,8 @@ TOY_PAIRS = {
                                               "batch_size": 1024, "steps": 10_000}),
     "grid25_wgan_gp": ("WGANGP", "NoConstraint", {"model.generator.depth": 4, "batch_size": 256, "steps": 15_000,
                                                 "loss.weight": 0.1}),
-    "grid25_wgan_gn": ("WGAN", "GradNorm", {"model.generator.depth": 4, "batch_size": 1024, "steps": 10_000}),
+    "grid25_wgan_gn": ("WGAN", "GradNorm", {"model.generator.depth": 4, "model.discriminator.depth": 4,
+                                            "batch_size": 1024, "steps": 10_000, "optim.decay_to": 0.1}),
 }
 ALL_PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -90,7 +91,8 @@ def test_grid25_pair_presets_build_on_the_shared_setting(name):
               "model.z_dim": 2, "n_dis": 3, "optim.lr_g": 1e-3, "optim.lr_d": 2e-3, "optim.decay": "linear",
               "ema_decay": 0.99, "eval_samples": 2500}
     for key, expected in shared.items():
-        assert OmegaConf.select(cfg, key) == expected, key
+        if key not in values:  # what the preset changes is checked above
+            assert OmegaConf.select(cfg, key) == expected, key
     assert list(cfg.optim.betas) == [0.0, 0.9]
     assert compose([f"experiment={name}", "loss=hinge", "batch_size=8"]).batch_size == 8  # still overridable
 
