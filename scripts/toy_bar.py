@@ -10,7 +10,8 @@ values are read from its metrics.json (EMA generator, 2,500 samples). Prints one
 fraction, W1, wall time, meets the bar or not), then one line per pair: how many of the N seeds meet the bar and
 the mean ± std over seeds of hq and W1. Exits 1 if a pair meets the bar in fewer than ``--need`` seeds (default:
 4 of 5, i.e. ⌈0.8·N⌉) or a run fails. Run time measured here, two runs sharing
-2 cores: ring8 about 2.5 min a run; grid25 3–7 min (hinge + sn, ganqp, wgan_gp) and 13 min (wgan + gn, batch 1024).
+2 cores: ring8 about 2.5 min a run; grid25 3–7 min (hinge + sn, ganqp, wgan_gp) and about 21 min (wgan + gn,
+batch 1024, n_dis 5).
 """
 
 from __future__ import annotations

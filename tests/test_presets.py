@@ -44,7 +44,8 @@ TOY_PAIRS = {
     "grid25_wgan_gp": ("WGANGP", "NoConstraint", {"model.generator.depth": 4, "batch_size": 256, "steps": 15_000,
                                                 "loss.weight": 0.1}),
     "grid25_wgan_gn": ("WGAN", "GradNorm", {"model.generator.depth": 4, "model.discriminator.depth": 4,
-                                            "batch_size": 1024, "steps": 10_000, "optim.decay_to": 0.1}),
+                                            "batch_size": 1024, "steps": 10_000, "optim.decay_to": 0.1,
+                                            "n_dis": 5}),
 }
 ALL_PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
