@@ -109,6 +109,32 @@ def test_ganqp_truncates_to_smaller_batch():
     assert_close(full, torch.tensor(-0.8 + 0.64 / 20))
 
 
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_ganqp_all_pairs_is_the_mean_over_every_pairing(norm):
+    # pairs="all" with 3 real and 2 fake samples = the mean of the 6 one-pair losses; near pairs stay finite.
+    torch.manual_seed(0)
+    real, fake = torch.randn(3, 1, 2, 2), torch.randn(2, 1, 2, 2)
+    fake[0] = real[1] + 1e-4
+    d_real, d_fake = torch.randn(3), torch.randn(2)
+    one = GANQP(norm=norm)
+    brute = torch.stack([
+        one.d_loss(d_real[i:i + 1], d_fake[j:j + 1], real[i:i + 1], fake[j:j + 1]).total
+        for i in range(3) for j in range(2)
+    ]).mean()
+    got = GANQP(norm=norm, pairs="all").d_loss(d_real, d_fake, real, fake).total
+    assert torch.isfinite(got)
+    assert_close(got, brute)
+
+
+def test_ganqp_all_pairs_on_a_2d_batch_of_1024_stays_exact():
+    # The matmul form of cdist loses a 1e-3 distance at this size (0 gives an inf loss); the exact form must not.
+    torch.manual_seed(0)
+    real = torch.randn(1024, 2) * 4
+    fake = real + 1e-3
+    d = GANQP(pairs="all")._all_distances(real, fake)
+    assert_close(d.diagonal(), torch.full((1024,), 1e-3), rtol=2e-2, atol=0)
+
+
 ALL_LOSSES = [SGAN(), SGAN(True), WGAN(), WGANGP(), Hinge(), GANQP(), GANQP(norm="l1"), WGANDiv(), LSGAN()]
 
 
@@ -208,6 +234,8 @@ def test_wgan_gp_equals_wgan_plus_gp_constraint():
 def test_bad_values_raise():
     with pytest.raises(GanbenchError):
         GANQP(norm="l3")
+    with pytest.raises(GanbenchError):
+        GANQP(pairs="some")
     with pytest.raises(GanbenchError):
         WGANDiv(at="middle")
     with pytest.raises(GanbenchError):
