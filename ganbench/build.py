@@ -135,13 +135,23 @@ class Run:
 
 
 def lr_schedulers(cfg: DictConfig, *optimizers: torch.optim.Optimizer) -> list:
-    """``optim.decay=linear``: each lr falls linearly from its base value at step 0 to ``optim.decay_to`` times it at
-    the last step (0: to zero), one scheduler step per generator step; ``none``: no schedulers."""
-    if cfg.optim.decay != "linear":
+    """One lr multiplier per generator step, the product of a warm-up and a decay (no schedulers when both are off).
+
+    - ``optim.warmup=W`` (0: off): the lr rises linearly over the first W steps, 1/W, 2/W, ..., 1 × its base value.
+    - ``optim.decay=linear``: the lr falls linearly from its base value at step 0 to ``optim.decay_to`` times it at
+      the last step (0: to zero); ``none``: no decay.
+    """
+    warmup = int(cfg.optim.get("warmup", 0))
+    linear = cfg.optim.decay == "linear"
+    if not linear and warmup == 0:
         return []
-    end = float(cfg.optim.get("decay_to", 0.0))
-    return [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(end, 1.0 - (1.0 - end) * i / cfg.steps))
-            for o in optimizers]
+    end = float(cfg.optim.get("decay_to", 0.0)) if linear else 1.0
+
+    def factor(i: int) -> float:
+        rise = min(1.0, (i + 1) / warmup) if warmup else 1.0
+        return rise * max(end, 1.0 - (1.0 - end) * i / cfg.steps)
+
+    return [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
 
 
 def build(cfg: DictConfig, device: torch.device) -> Run:

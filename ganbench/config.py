@@ -224,6 +224,9 @@ def validate(cfg: DictConfig) -> None:
     if not _is_number(end) or not 0 <= end <= 1:
         raise GanbenchError(f"optim.decay_to must be a number in [0, 1] (the last step's fraction of the lr), "
                             f"got {end!r}.")
+    warmup = cfg.optim.get("warmup", 0)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise GanbenchError(f"optim.warmup must be a whole number of steps ≥ 0 (0: no warm-up), got {warmup!r}.")
     check_config(cfg.metrics)
     distributed.check_env(cfg)  # under torchrun: the batch splits over the processes, the backend exists
 

@@ -61,6 +61,8 @@ def test_default_train_runs(tmp_cwd):
     (["steps=1e3"], ["steps must be a positive integer"]),
     (["optim.decay=cosine"], ["optim.decay must be 'none' or 'linear'"]),
     (["optim.decay_to=1.5"], ["optim.decay_to must be a number in [0, 1]"]),
+    (["optim.warmup=-1"], ["optim.warmup must be a whole number of steps"]),
+    (["optim.warmup=0.5"], ["optim.warmup must be a whole number of steps"]),
     (["nan_policy=ignore"], ["nan_policy must be 'stop'"]),
     (["device=cuda:x"], ["device must be"]),
     (["+stepz=3"], ["unknown config key 'stepz'"]),

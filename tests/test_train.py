@@ -180,19 +180,43 @@ def test_metrics_json_layout(tmp_path):
     assert record["protocol"]["toy"]["samples_fake"] == 200
 
 
-@pytest.mark.parametrize("decay_to", [0.0, 0.1])
-def test_linear_decay_ends_at_decay_to(decay_to):
-    """optim.decay=linear: both lrs fall in a straight line from their base value to decay_to × base at the last step
-    (0.0, the default, is the schedule the toy presets were tuned with: lr → 0)."""
-    cfg = compose(tiny_overrides("mlp", steps=10, **{"optim.decay": "linear", "optim.decay_to": decay_to,
-                                                    "optim.lr_g": 1e-3, "optim.lr_d": 2e-3}))
+def _lr_trace(cfg) -> list[list[float]]:
+    """[lr_G, lr_D] before each of cfg.steps scheduler steps and after the last."""
     r = build(cfg, torch.device("cpu"))
     lrs = []
     for _ in range(cfg.steps):
         lrs.append([o.param_groups[0]["lr"] for o in (r.opt_g, r.opt_d)])
         for s in r.schedulers:
             s.step()
-    lrs.append([o.param_groups[0]["lr"] for o in (r.opt_g, r.opt_d)])
+    return lrs + [[o.param_groups[0]["lr"] for o in (r.opt_g, r.opt_d)]]
+
+
+@pytest.mark.parametrize("decay_to", [0.0, 0.1])
+def test_linear_decay_ends_at_decay_to(decay_to):
+    """optim.decay=linear: both lrs fall in a straight line from their base value to decay_to × base at the last step
+    (0.0, the default, is the schedule the toy presets were tuned with: lr → 0)."""
+    cfg = compose(tiny_overrides("mlp", steps=10, **{"optim.decay": "linear", "optim.decay_to": decay_to,
+                                                    "optim.lr_g": 1e-3, "optim.lr_d": 2e-3}))
+    lrs = _lr_trace(cfg)
     expected = [base * (1 - (1 - decay_to) * i / 10) for i in range(11) for base in (1e-3, 2e-3)]
     assert sum(lrs, []) == pytest.approx(expected, abs=1e-15)
     assert lrs[-1] == pytest.approx([1e-3 * decay_to, 2e-3 * decay_to], abs=1e-15)
+
+
+@pytest.mark.parametrize("decay", ["none", "linear"])
+def test_warmup_rises_linearly_then_follows_the_decay(decay):
+    """optim.warmup=4: both lrs are 1/4, 2/4, 3/4 of the schedule's value at steps 0-2 and the schedule from step 3;
+    with decay=linear (to 0.1) the two multiply."""
+    cfg = compose(tiny_overrides("mlp", steps=10, **{"optim.decay": decay, "optim.decay_to": 0.1, "optim.warmup": 4,
+                                                    "optim.lr_g": 1e-3, "optim.lr_d": 2e-3}))
+    decayed = [1 - 0.9 * i / 10 if decay == "linear" else 1.0 for i in range(11)]
+    rise = [0.25, 0.5, 0.75] + [1.0] * 8
+    expected = [[base * rise[i] * decayed[i] for base in (1e-3, 2e-3)] for i in range(11)]
+    lrs = _lr_trace(cfg)
+    for got, want in zip(lrs, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-15)
+
+
+def test_no_warmup_and_no_decay_means_no_schedulers():
+    r = build(compose(tiny_overrides("mlp", steps=4, **{"optim.decay": "none", "optim.warmup": 0})), torch.device("cpu"))
+    assert r.schedulers == []
