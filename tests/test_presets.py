@@ -40,7 +40,7 @@ TOY_PAIRS = {
     "grid25_study": ("Hinge", "SpectralNorm", {"model.generator.depth": 3, "batch_size": 256, "steps": 10_000}),
     "grid25_hinge_sn": ("Hinge", "SpectralNorm", {"model.generator.depth": 4, "batch_size": 256, "steps": 10_000}),
     "grid25_ganqp": ("GANQP", "NoConstraint", {"model.generator.depth": 4, "model.discriminator.hidden": 256,
-                                              "batch_size": 1024, "steps": 10_000}),
+                                              "batch_size": 1024, "steps": 10_000, "optim.decay_to": 0.1}),
     "grid25_wgan_gp": ("WGANGP", "NoConstraint", {"model.generator.depth": 4, "batch_size": 256, "steps": 15_000,
                                                 "loss.weight": 0.1}),
     "grid25_wgan_gn": ("WGAN", "GradNorm", {"model.generator.depth": 4, "model.discriminator.depth": 4,
