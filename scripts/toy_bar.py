@@ -9,9 +9,10 @@ Each check is one real `ganbench train` run (a subprocess, one CPU thread) with 
 values are read from its metrics.json (EMA generator, 2,500 samples). Prints one line per run (modes, high-quality
 fraction, W1, wall time, meets the bar or not), then one line per pair: how many of the N seeds meet the bar and
 the mean ± std over seeds of hq and W1. Exits 1 if a pair meets the bar in fewer than ``--need`` seeds (default:
-4 of 5, i.e. ⌈0.8·N⌉) or a run fails. Run time measured here, two runs sharing
-2 cores: ring8 about 2.5 min a run; grid25 3–7 min (hinge + sn, ganqp, wgan_gp) and about 21 min (wgan + gn,
-batch 1024, n_dis 5).
+4 of 5, i.e. ⌈0.8·N⌉) or a run fails. Ctrl-C or SIGTERM stops every run in flight (each saves a checkpoint), prints
+what finished and exits 130 / 143; ``--reuse`` then resumes the stopped runs. Run time measured here, two runs sharing
+2 cores: ring8 about 2.5 min a run (ganqp 5 min); grid25 3–7 min (hinge + sn, wgan_gp), about 16 min (ganqp, batch 1024) and about
+21 min (wgan + gn, batch 1024, n_dis 5).
 """
 
 from __future__ import annotations
@@ -19,21 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
-# (dataset, pair, modes of the dataset, overrides). The grid25 presets hold each pair's settings; see README.
+# (dataset, pair, modes of the dataset, overrides). The ring8_* and grid25_* presets hold each pair's settings where
+# it needs more than its dataset's shared study setting; see docs/RESULTS.md.
 CHECKS = [
     ("ring8", "hinge+sn", 8, ["experiment=ring8_study"]),
-    ("ring8", "wgan_gp", 8, ["experiment=ring8_study", "loss=wgan_gp", "constraint=none"]),
-    ("ring8", "wgan+gn", 8, ["experiment=ring8_study", "loss=wgan", "constraint=gn"]),
-    ("ring8", "ganqp+none", 8, ["experiment=ring8_study", "loss=ganqp", "constraint=none"]),
+    ("ring8", "wgan_gp", 8, ["experiment=ring8_wgan_gp"]),
+    ("ring8", "wgan+gn", 8, ["experiment=ring8_wgan_gn"]),
+    ("ring8", "ganqp+none", 8, ["experiment=ring8_ganqp"]),
     ("grid25", "hinge+sn", 25, ["experiment=grid25_hinge_sn"]),
     ("grid25", "wgan_gp", 25, ["experiment=grid25_wgan_gp"]),
     ("grid25", "wgan+gn", 25, ["experiment=grid25_wgan_gn"]),
@@ -79,30 +83,85 @@ def summarize(rows: list[tuple[str, str, int, dict]], need: int | None = None) -
 
 def finished(run_dir: Path, args: list[str]) -> dict | None:
     """The result of a completed run in ``run_dir`` made with exactly the overrides ``args``, else None."""
+    record = _record(run_dir, args)
+    if record is None or record.get("status") != "completed":
+        return None
+    return {**record["metrics"], "step": record["step"], "wall": record.get("wall_time_s", float("nan"))}
+
+
+def interrupted(run_dir: Path, args: list[str]) -> bool:
+    """True if ``run_dir`` holds a run made with exactly ``args`` that a stop signal ended, checkpoint saved."""
+    record = _record(run_dir, args)
+    return record is not None and record.get("status") == "interrupted" \
+        and (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def _record(run_dir: Path, args: list[str]) -> dict | None:
+    """metrics.json of the run in ``run_dir`` if it was made with exactly the overrides ``args``."""
     try:
         made_with = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
         record = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    if made_with != args or record.get("status") != "completed":
-        return None
-    return {**record["metrics"], "step": record["step"], "wall": record.get("wall_time_s", float("nan"))}
+    return record if made_with == args else None
 
 
-def train(out: Path, name: str, overrides: list[str], seed: int, reuse: bool = False) -> dict:
+class Children:
+    """The `ganbench train` runs in flight. A stop signal to toy_bar (Ctrl-C, SIGTERM) is passed on to each of them as
+    SIGTERM, so each saves its checkpoint and exits, and no new run starts; toy_bar then prints what it has and exits
+    with the signal's code. Without this, a `kill` of toy_bar left its runs going."""
+
+    def __init__(self):
+        self.live: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.signum: int | None = None
+
+    def run(self, cmd: list[str]) -> tuple[int, str] | None:
+        """Run ``cmd`` to its end: (exit code, its last output line), or None if toy_bar was stopped before it began."""
+        with self.lock:
+            if self.signum is not None:
+                return None
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.live.add(proc)
+        try:
+            out, err = proc.communicate()
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+        return proc.returncode, ((err or out).strip().splitlines()[-1:] or ["(no output)"])[0]
+
+    def stop(self, signum, frame=None) -> None:
+        with self.lock:
+            first, live = self.signum is None, list(self.live)
+            self.signum = signum
+            for proc in live:
+                proc.send_signal(signal.SIGTERM)
+        if first:
+            print(f"toy_bar: {signal.Signals(signum).name}: stopping {len(live)} run(s) (each saves a checkpoint; "
+                  "--reuse resumes them)", file=sys.stderr, flush=True)
+
+
+def train(out: Path, name: str, overrides: list[str], seed: int, reuse: bool = False,
+          children: Children | None = None) -> dict:
     """One `ganbench train` run in ``out/name``; returns its metrics.json (or an error record). With ``reuse``, a
-    completed run already in ``out/name`` with the same overrides is read instead of run again."""
+    completed run already in ``out/name`` with the same overrides is read instead of run again, and an interrupted
+    one is resumed from its checkpoint."""
     run_dir = out / name
     args = [*overrides, f"seed={seed}", "device=cpu", "cpu_threads=1", "progress=false"]
     if reuse and (done := finished(run_dir, args)) is not None:
         return done
-    cmd = [sys.executable, "-m", "ganbench.cli", "train", *args, f"hydra.run.dir={run_dir}"]
+    if reuse and interrupted(run_dir, args):
+        cmd = [sys.executable, "-m", "ganbench.cli", "train", f"resume={run_dir}"]
+    else:
+        cmd = [sys.executable, "-m", "ganbench.cli", "train", *args, f"hydra.run.dir={run_dir}"]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    ran = (children or Children()).run(cmd)
     wall = time.time() - t0
-    if proc.returncode != 0:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return {"error": f"exit {proc.returncode}: {last[0]}", "wall": wall}
+    if ran is None:
+        return {"error": "not started: toy_bar was stopped", "wall": 0.0}
+    code, last = ran
+    if code != 0:
+        return {"error": f"exit {code}: {last}", "wall": wall}
     record = json.loads((run_dir / "metrics.json").read_text())
     return {**record["metrics"], "step": record["step"], "wall": wall}
 
@@ -119,16 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override every preset's steps (a smoke run; the bar needs theirs)")
     parser.add_argument("--reuse", action="store_true",
                         help="read a completed run already in --out made with the same overrides instead of rerunning "
-                             "it (e.g. to add seeds; runs made by an older ganbench are reused too)")
+                             "it (e.g. to add seeds; runs made by an older ganbench are reused too), and resume one "
+                             "that a stop signal interrupted")
     args = parser.parse_args(argv)
 
     extra = [f"steps={args.steps}"] if args.steps else []
     todo = [(ds, pair, modes, overrides + extra, seed) for ds, pair, modes, overrides in CHECKS
             if args.only in (None, ds) and (not args.pair or pair in args.pair) for seed in args.seeds]
     names = [f"{ds}_{pair.replace('+', '_')}_seed{seed}" for ds, pair, _, _, seed in todo]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda i: train(args.out, names[i], todo[i][3], todo[i][4], args.reuse),
-                                range(len(todo))))
+    children = Children()
+    handlers = {s: signal.signal(s, children.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            results = list(pool.map(lambda i: train(args.out, names[i], todo[i][3], todo[i][4], args.reuse, children),
+                                    range(len(todo))))
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
     print(f"{'dataset':8} {'pair':11} {'seed':>4} {'modes':>7} {'hq':>6} {'w1':>7} {'wall':>7}  "
           f"bar: all modes, hq ≥ {HQ_BAR}")
@@ -148,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     below = [f"{r['dataset']} {r['pair']}" for r in summary if not r["ok"]]
     print(f"{len(summary) - len(below)}/{len(summary)} pairs meet the bar in enough seeds; run directories under "
           f"{args.out}")
+    if children.signum is not None:
+        print(f"stopped by {signal.Signals(children.signum).name}: run again with --reuse to resume the stopped runs "
+              "and read the finished ones")
+        return 128 + children.signum
     return 1 if below else 0
 
 

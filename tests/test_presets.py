@@ -34,8 +34,8 @@ PRESETS = {
         "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "loss.k": 2.0, "loss.p": 6.0,
         "loss.at": "interpolates", "n_dis": 4, "batch_size": 64, "steps": 200_000}),
 }
-# The grid25 presets of the four pairs PacGAN's bar is checked on (scripts/toy_bar.py): loss, constraint, and what
-# each changes of grid25_study's shared setting.
+# The toy presets of the four pairs PacGAN's bar is checked on (scripts/toy_bar.py): loss, constraint, and what
+# each changes of its dataset's shared setting (grid25_study, ring8_study).
 TOY_PAIRS = {
     "grid25_study": ("Hinge", "SpectralNorm", {"model.generator.depth": 3, "batch_size": 256, "steps": 10_000}),
     "grid25_hinge_sn": ("Hinge", "SpectralNorm", {"model.generator.depth": 4, "batch_size": 256, "steps": 10_000}),
@@ -46,6 +46,11 @@ TOY_PAIRS = {
     "grid25_wgan_gn": ("WGAN", "GradNorm", {"model.generator.depth": 4, "model.discriminator.depth": 4,
                                             "batch_size": 1024, "steps": 10_000, "optim.decay_to": 0.1,
                                             "n_dis": 5}),
+    "ring8_wgan_gp": ("WGANGP", "NoConstraint", {"model.generator.depth": 3, "batch_size": 256, "steps": 5_000,
+                                               "loss.weight": 0.1}),
+    "ring8_wgan_gn": ("WGAN", "GradNorm", {"model.generator.depth": 3, "batch_size": 256, "steps": 5_000,
+                                         "optim.decay_to": 0.1}),
+    "ring8_ganqp": ("GANQP", "NoConstraint", {"model.generator.depth": 3, "batch_size": 256, "steps": 10_000}),
 }
 ALL_PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -81,14 +86,14 @@ def test_preset_settings(name):
 
 
 @pytest.mark.parametrize("name", sorted(TOY_PAIRS))
-def test_grid25_pair_presets_build_on_the_shared_setting(name):
+def test_toy_pair_presets_build_on_the_shared_setting(name):
     loss, constraint, values = TOY_PAIRS[name]
     cfg = compose([f"experiment={name}"])
     assert cfg.loss._target_ == f"ganbench.losses.{loss}"
     assert cfg.constraint._target_ == f"ganbench.constraints.{constraint}"
     for key, expected in values.items():
         assert OmegaConf.select(cfg, key) == expected, key
-    shared = {"dataset._target_": "ganbench.data.grid25", "model.generator.hidden": 128, "model.discriminator.depth": 3,
+    shared = {"dataset._target_": f"ganbench.data.{name.split('_')[0]}", "model.generator.hidden": 128, "model.discriminator.depth": 3,
               "model.z_dim": 2, "n_dis": 3, "optim.lr_g": 1e-3, "optim.lr_d": 2e-3, "optim.decay": "linear",
               "ema_decay": 0.99, "eval_samples": 2500}
     for key, expected in shared.items():
