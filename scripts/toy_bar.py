@@ -81,23 +81,8 @@ def summarize(rows: list[tuple[str, str, int, dict]], need: int | None = None) -
     return out
 
 
-def finished(run_dir: Path, args: list[str]) -> dict | None:
-    """The result of a completed run in ``run_dir`` made with exactly the overrides ``args``, else None."""
-    record = _record(run_dir, args)
-    if record is None or record.get("status") != "completed":
-        return None
-    return {**record["metrics"], "step": record["step"], "wall": record.get("wall_time_s", float("nan"))}
-
-
-def interrupted(run_dir: Path, args: list[str]) -> bool:
-    """True if ``run_dir`` holds a run made with exactly ``args`` that a stop signal ended, checkpoint saved."""
-    record = _record(run_dir, args)
-    return record is not None and record.get("status") == "interrupted" \
-        and (run_dir / "checkpoints" / "last.pt").is_file()
-
-
-def _record(run_dir: Path, args: list[str]) -> dict | None:
-    """metrics.json of the run in ``run_dir`` if it was made with exactly the overrides ``args``."""
+def earlier(run_dir: Path, args: list[str]) -> dict | None:
+    """metrics.json of the run in ``run_dir`` if it was made with exactly the overrides ``args``, else None."""
     try:
         made_with = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
         record = json.loads((run_dir / "metrics.json").read_text())
@@ -148,9 +133,10 @@ def train(out: Path, name: str, overrides: list[str], seed: int, reuse: bool = F
     one is resumed from its checkpoint."""
     run_dir = out / name
     args = [*overrides, f"seed={seed}", "device=cpu", "cpu_threads=1", "progress=false"]
-    if reuse and (done := finished(run_dir, args)) is not None:
-        return done
-    if reuse and interrupted(run_dir, args):
+    before = earlier(run_dir, args) if reuse else None
+    if before is not None and before.get("status") == "completed":
+        return _result(before, before.get("wall_time_s", float("nan")))
+    if before is not None and before.get("status") == "interrupted" and (run_dir / "checkpoints" / "last.pt").is_file():
         cmd = [sys.executable, "-m", "ganbench.cli", "train", f"resume={run_dir}"]
     else:
         cmd = [sys.executable, "-m", "ganbench.cli", "train", *args, f"hydra.run.dir={run_dir}"]
@@ -162,7 +148,11 @@ def train(out: Path, name: str, overrides: list[str], seed: int, reuse: bool = F
     code, last = ran
     if code != 0:
         return {"error": f"exit {code}: {last}", "wall": wall}
-    record = json.loads((run_dir / "metrics.json").read_text())
+    return _result(json.loads((run_dir / "metrics.json").read_text()), wall)
+
+
+def _result(record: dict, wall: float) -> dict:
+    """One run's row: its metrics.json's last metrics, its step and the wall time."""
     return {**record["metrics"], "step": record["step"], "wall": wall}
 
 
