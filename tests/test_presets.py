@@ -93,9 +93,9 @@ def test_toy_pair_presets_build_on_the_shared_setting(name):
     assert cfg.constraint._target_ == f"ganbench.constraints.{constraint}"
     for key, expected in values.items():
         assert OmegaConf.select(cfg, key) == expected, key
-    shared = {"dataset._target_": f"ganbench.data.{name.split('_')[0]}", "model.generator.hidden": 128, "model.discriminator.depth": 3,
-              "model.z_dim": 2, "n_dis": 3, "optim.lr_g": 1e-3, "optim.lr_d": 2e-3, "optim.decay": "linear",
-              "ema_decay": 0.99, "eval_samples": 2500}
+    shared = {"dataset._target_": f"ganbench.data.{name.split('_')[0]}", "model.generator.hidden": 128,
+              "model.discriminator.depth": 3, "model.z_dim": 2, "n_dis": 3, "optim.lr_g": 1e-3, "optim.lr_d": 2e-3,
+              "optim.decay": "linear", "ema_decay": 0.99, "eval_samples": 2500}
     for key, expected in shared.items():
         if key not in values:  # what the preset changes is checked above
             assert OmegaConf.select(cfg, key) == expected, key

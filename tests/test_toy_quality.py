@@ -22,8 +22,8 @@ def test_hinge_sn_covers_grid25(tmp_path):
 
     The other grid25 pairs' presets take 6–21 minutes a run: scripts/toy_bar.py checks them, not the suite.
     """
-    cfg = compose(["experiment=grid25_hinge_sn", "device=cpu", "cpu_threads=2", "progress=false", "ckpt_every=10000",
-                   "sample_every=10000", "log_every=2000", "eval_every=10000"])
+    cfg = compose(["experiment=grid25_hinge_sn", "device=cpu", "cpu_threads=2", "progress=false",
+                   "ckpt_every=10000", "sample_every=10000", "log_every=2000", "eval_every=10000"])
     assert (cfg.loss._target_, cfg.constraint._target_) == ("ganbench.losses.Hinge", "ganbench.constraints.SpectralNorm")
     metrics = run(cfg, tmp_path)
     assert metrics["modes"] == 25
@@ -51,6 +51,14 @@ def _script(name: str):
 
 def _toy_bar():
     return _script("toy_bar")
+
+
+def _record_runs(toy_bar, monkeypatch) -> list:
+    """The command lines of the runs ``toy_bar`` starts from now on (they still run)."""
+    calls = []
+    real_popen = toy_bar.subprocess.Popen
+    monkeypatch.setattr(toy_bar.subprocess, "Popen", lambda cmd, **kw: calls.append(cmd) or real_popen(cmd, **kw))
+    return calls
 
 
 def test_toy_bar_summary_counts_seeds():
@@ -84,9 +92,7 @@ def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys, monkeypa
 
     # --reuse reads those finished runs instead of training again; a changed override trains anew.
     toy_bar = _toy_bar()
-    calls = []
-    real_popen = toy_bar.subprocess.Popen
-    monkeypatch.setattr(toy_bar.subprocess, "Popen", lambda cmd, **kw: calls.append(cmd) or real_popen(cmd, **kw))
+    calls = _record_runs(toy_bar, monkeypatch)
     assert toy_bar.main(["--only", "ring8", "--seeds", "0", "--steps", "30", "--out", str(tmp_path), "--reuse"]) == 1
     assert calls == [] and capsys.readouterr().out.count("misses") == 4
     toy_bar.main(["--only", "ring8", "--seeds", "0", "--steps", "20", "--out", str(tmp_path), "--reuse"])
@@ -114,9 +120,7 @@ def test_toy_bar_stops_its_runs_on_sigterm_and_resumes_them(tmp_path, capsys, mo
     assert (metrics.parent / "checkpoints" / "last.pt").is_file()
 
     toy_bar = _toy_bar()
-    calls = []
-    real_popen = toy_bar.subprocess.Popen
-    monkeypatch.setattr(toy_bar.subprocess, "Popen", lambda cmd, **kw: calls.append(cmd) or real_popen(cmd, **kw))
+    calls = _record_runs(toy_bar, monkeypatch)
     toy_bar.main([*argv, "--reuse"])
     assert len(calls) == 1 and calls[0][-1] == f"resume={metrics.parent}", calls
     done = json.loads(metrics.read_text())
