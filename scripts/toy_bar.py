@@ -6,9 +6,10 @@ mode of ring8 and grid25 with ≥ 90 % high-quality samples, with the documented
     python scripts/toy_bar.py --only grid25 --reuse   # add seeds 2-4, reading the finished seed 0 and 1 runs
 
 Each check is one real `ganbench train` run (a subprocess, one CPU thread) with the preset named in CHECKS; the
-values are read from its metrics.json (EMA generator, 2,500 samples). Prints one line per run (modes, high-quality
-fraction, W1, wall time, meets the bar or not), then one line per pair: how many of the N seeds meet the bar and
-the mean ± std over seeds of hq and W1. Exits 1 if a pair meets the bar in fewer than ``--need`` seeds (default:
+values are read from its metrics.json (EMA generator, 2,500 samples). Each run's line (modes, high-quality fraction,
+W1, wall time, meets the bar or not) goes to stderr as the run ends, "toy_bar: [k/N] ..."; at the end stdout gets
+every run's line in order, then one line per pair: how many of the N seeds meet the bar and the mean ± std over
+seeds of hq and W1. Exits 1 if a pair meets the bar in fewer than ``--need`` seeds (default:
 4 of 5, i.e. ⌈0.8·N⌉) or a run fails. Ctrl-C or SIGTERM stops every run in flight (each saves a checkpoint), prints
 what finished and exits 130 / 143; ``--reuse`` then resumes the stopped runs. Run time measured here, two runs
 sharing 2 cores: ring8 about 2.5 min a run (ganqp 5 min); grid25 3–7 min (hinge + sn, wgan_gp), about 16 min (ganqp,
@@ -156,6 +157,14 @@ def _result(record: dict, wall: float) -> dict:
     return {**record["metrics"], "step": record["step"], "wall": wall}
 
 
+def run_line(ds: str, pair: str, seed: int, modes: int, res: dict) -> str:
+    """One run's line of the table: modes, hq, W1, wall time and whether it meets the bar (or its error)."""
+    if "error" in res:
+        return f"{ds:8} {pair:11} {seed:>4}  ERROR {res['error']}"
+    return (f"{ds:8} {pair:11} {seed:>4} {res['modes']:>3}/{modes:<3} {res['hq']:6.3f} {res['w1']:7.3f} "
+            f"{res['wall']:6.0f}s  {'meets' if meets_bar(res, modes) else 'misses'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
@@ -177,11 +186,22 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, ds) and (not args.pair or pair in args.pair) for seed in args.seeds]
     names = [f"{ds}_{pair.replace('+', '_')}_seed{seed}" for ds, pair, _, _, seed in todo]
     children = Children()
+    lock, finished = threading.Lock(), [0]
+
+    def one(i: int) -> dict:
+        """Train (or read) check i and print its row on stderr as it ends: a grid25 sweep runs for hours."""
+        ds, pair, modes, overrides, seed = todo[i]
+        res = train(args.out, names[i], overrides, seed, args.reuse, children)
+        with lock:
+            finished[0] += 1
+            print(f"toy_bar: [{finished[0]}/{len(todo)}] {run_line(ds, pair, seed, modes, res)}", file=sys.stderr,
+                  flush=True)
+        return res
+
     handlers = {s: signal.signal(s, children.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            results = list(pool.map(lambda i: train(args.out, names[i], todo[i][3], todo[i][4], args.reuse, children),
-                                    range(len(todo))))
+            results = list(pool.map(one, range(len(todo))))
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
@@ -189,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'dataset':8} {'pair':11} {'seed':>4} {'modes':>7} {'hq':>6} {'w1':>7} {'wall':>7}  "
           f"bar: all modes, hq ≥ {HQ_BAR}")
     for (ds, pair, modes, _, seed), res in zip(todo, results):
-        if "error" in res:
-            print(f"{ds:8} {pair:11} {seed:>4}  ERROR {res['error']}")
-            continue
-        print(f"{ds:8} {pair:11} {seed:>4} {res['modes']:>3}/{modes:<3} {res['hq']:6.3f} {res['w1']:7.3f} "
-              f"{res['wall']:6.0f}s  {'meets' if meets_bar(res, modes) else 'misses'}")
+        print(run_line(ds, pair, seed, modes, res))
     summary = summarize([(ds, pair, modes, res) for (ds, pair, modes, _, _), res in zip(todo, results)], args.need)
     print(f"\nseeds {' '.join(map(str, args.seeds))}: seeds meeting the bar per pair (mean ± std over seeds)")
     for row in summary:
