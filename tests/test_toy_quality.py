@@ -82,12 +82,11 @@ def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys, monkeypa
     code = _toy_bar().main(["--only", "ring8", "--seeds", "0", "--steps", "30", "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1
-    lines = [line.split() for line in out.splitlines() if line.endswith(("meets", "misses"))]
-    assert [(w[0], w[2], w[-1]) for w in lines] == [("ring8", "0", "misses")] * 4, out
+    table = [line for line in out.splitlines() if line.endswith(("meets", "misses"))]
+    assert [(w[0], w[2], w[-1]) for w in map(str.split, table)] == [("ring8", "0", "misses")] * 4, out
     # each run's line also reached stderr as the run ended, counted k of 4
     progress = [line for line in err.splitlines() if line.startswith("toy_bar: [")]
     assert sorted(line.split("] ", 1)[0] for line in progress) == [f"toy_bar: [{k}/4" for k in range(1, 5)], err
-    table = [line for line in out.splitlines() if line.endswith(("meets", "misses"))]
     assert sorted(line.split("] ", 1)[1] for line in progress) == sorted(table), err
     summary = [line for line in out.splitlines() if "meet the bar (need 1)" in line]
     assert len(summary) == 4 and all("0/1 meet the bar" in line and line.endswith("BELOW") for line in summary), out
