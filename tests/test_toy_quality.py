@@ -61,6 +61,11 @@ def _record_runs(toy_bar, monkeypatch) -> list:
     return calls
 
 
+def _table_rows(out: str) -> list[str]:
+    """toy_bar's per-run lines (those that say whether the run meets the bar) in its output ``out``."""
+    return [line for line in out.splitlines() if line.endswith(("meets", "misses"))]
+
+
 def test_toy_bar_summary_counts_seeds():
     """Seeds meeting the bar per pair, mean ± std over the seeds that ran; a failed run counts against the pair."""
     toy_bar = _toy_bar()
@@ -82,7 +87,7 @@ def test_toy_bar_runs_the_checks_and_fails_short_runs(tmp_path, capsys, monkeypa
     code = _toy_bar().main(["--only", "ring8", "--seeds", "0", "--steps", "30", "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1
-    table = [line for line in out.splitlines() if line.endswith(("meets", "misses"))]
+    table = _table_rows(out)
     assert [(w[0], w[2], w[-1]) for w in map(str.split, table)] == [("ring8", "0", "misses")] * 4, out
     # each run's line also reached stderr as the run ended, counted k of 4
     progress = [line for line in err.splitlines() if line.startswith("toy_bar: [")]
@@ -130,7 +135,7 @@ def test_toy_bar_stops_its_runs_on_sigterm_and_resumes_them(tmp_path, capsys, mo
     done = json.loads(metrics.read_text())
     assert done["status"] == "completed" and done["step"] == 800
     assert [h["step"] for h in done["history"]] == [500, 800]  # the step-500 evaluation is the first run's
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.endswith(("meets", "misses"))]
+    rows = _table_rows(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0].split()[:3] == ["ring8", "hinge+sn", "0"], rows
 
 
