@@ -9,11 +9,11 @@ Each check is one real `ganbench train` run (a subprocess, one CPU thread) with 
 values are read from its metrics.json (EMA generator, 2,500 samples). Each run's line (modes, high-quality fraction,
 W1, wall time, meets the bar or not) goes to stderr as the run ends, "toy_bar: [k/N] ..."; at the end stdout gets
 every run's line in order, then one line per pair: how many of the N seeds meet the bar and the mean ± std over
-seeds of hq and W1. Exits 1 if a pair meets the bar in fewer than ``--need`` seeds (default:
-4 of 5, i.e. ⌈0.8·N⌉) or a run fails. Ctrl-C or SIGTERM stops every run in flight (each saves a checkpoint), prints
-what finished and exits 130 / 143; ``--reuse`` then resumes the stopped runs. Run time measured here, two runs
-sharing 2 cores: ring8 about 2.5 min a run (ganqp 5 min); grid25 3–7 min (hinge + sn, wgan_gp), about 16 min (ganqp,
-batch 1024) and about 21 min (wgan + gn, batch 1024, n_dis 5).
+seeds of hq and W1. Exits 1 if a pair meets the bar in fewer than ``--need`` seeds (default: 4 of 5, i.e. ⌈0.8·N⌉)
+or a run fails. Ctrl-C or SIGTERM stops every run in flight (each saves a checkpoint), prints what finished and exits
+130 / 143; ``--reuse`` then resumes the stopped runs. Run time measured here, two runs sharing 2 cores: ring8 about
+2.5 min a run (ganqp 5 min); grid25 3–7 min (hinge + sn, wgan_gp), about 16 min (ganqp, batch 1024) and about
+21 min (wgan + gn, batch 1024, n_dis 5).
 """
 
 from __future__ import annotations
