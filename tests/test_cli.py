@@ -89,7 +89,16 @@ def test_bad_config_is_one_clear_line(tmp_cwd, capsys, args, needles):
     assert not (tmp_cwd / "outputs").exists()  # nothing started, nothing written
 
 
-@pytest.mark.parametrize("args,needles", [BAD_CONFIG[0], BAD_CONFIG[8], BAD_CONFIG[-1]])
+# The fresh-process path on three kinds of case: an unknown group option, a bad value inside a -m sweep, and a run
+# directory that cannot be made (picked by their first override, not by position in BAD_CONFIG).
+FRESH_PROCESS_CASES = [c for c in BAD_CONFIG if c[0][0] in ("loss=nope", "-m", "hydra.run.dir=a_file/run")]
+
+
+def test_fresh_process_cases_are_found():
+    assert len(FRESH_PROCESS_CASES) == 3
+
+
+@pytest.mark.parametrize("args,needles", FRESH_PROCESS_CASES)
 def test_bad_config_is_one_clear_line_from_a_fresh_process(tmp_cwd, args, needles):
     (tmp_cwd / "a_file").write_text("not a directory")
     proc = run_cli(["train", *args], tmp_cwd)
