@@ -137,10 +137,11 @@ def train(out: Path, name: str, overrides: list[str], seed: int, reuse: bool = F
     before = earlier(run_dir, args) if reuse else None
     if before is not None and before.get("status") == "completed":
         return _result(before, before.get("wall_time_s", float("nan")))
+    cmd = [sys.executable, "-m", "ganbench.cli", "train"]
     if before is not None and before.get("status") == "interrupted" and (run_dir / "checkpoints" / "last.pt").is_file():
-        cmd = [sys.executable, "-m", "ganbench.cli", "train", f"resume={run_dir}"]
+        cmd.append(f"resume={run_dir}")
     else:
-        cmd = [sys.executable, "-m", "ganbench.cli", "train", *args, f"hydra.run.dir={run_dir}"]
+        cmd += [*args, f"hydra.run.dir={run_dir}"]
     t0 = time.time()
     ran = (children or Children()).run(cmd)
     wall = time.time() - t0
