@@ -190,7 +190,8 @@ def validate(cfg: DictConfig) -> None:
         raise GanbenchError(f"{missing[0]} has no value and needs one: add {missing[0]}=... to the command line.")
     unknown = sorted(set(cfg.keys()) - _known_keys())
     if unknown:
-        raise GanbenchError(f"unknown config key '{unknown[0]}'; see `ganbench train --cfg job` for the keys there are.")
+        raise GanbenchError(f"unknown config key '{unknown[0]}'; "
+                            "see `ganbench train --cfg job` for the keys there are.")
     for key in POSITIVE_INTS:
         v = cfg.get(key)
         if not _is_int(v) or v < 1:

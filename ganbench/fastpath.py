@@ -238,7 +238,8 @@ class GraphedIteration:
             del graph
             if rng is None:
                 raise GanbenchError(f"the training iteration could not be captured as a CUDA graph ({e}) and this "
-                                    f"torch cannot restore its random generator afterwards; rerun with fast=false.")
+                                    "torch cannot restore its random generator afterwards; "
+                                    "rerun with fast=false.") from e
             generator.graphsafe_set_state(rng)
             torch.cuda.synchronize(self.r.device)  # a sticky CUDA error surfaces here rather than later
             self._fall_back(e)

@@ -8,8 +8,8 @@ returns a :class:`LossTerms`; ``parts`` hold detached, path-style named scalars 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

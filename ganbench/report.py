@@ -8,8 +8,8 @@ launcher has not started yet have no directory and no row.
 
 Writes ``report.md`` and ``report.csv`` (one row per run: final metrics and the best value of each metric over the
 run's evaluations; for 2D toys also one row per setting over its seeds: how many seeds meet PacGAN's bar, all modes
-and hq ≥ 0.9, with mean ± std of hq and W1) and ``heatmap_<metric>.png`` (loss × constraint, mean ± std of the final value over the runs of a
-cell: seeds and any other overrides), and prints the markdown.
+and hq ≥ 0.9, with mean ± std of hq and W1) and ``heatmap_<metric>.png`` (loss × constraint, mean ± std of the final
+value over the runs of a cell: seeds and any other overrides), and prints the markdown.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def read_run(run_dir: Path) -> Run:
     overrides = [str(o) for o in (_load_yaml(run_dir / ".hydra" / "overrides.yaml") or [])]
     hydra_cfg = _load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
     choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    run = Run(run_dir.name, "missing", overrides, note="no metrics.json yet (starting, or stopped before its first record)")
+    note = "no metrics.json yet (starting, or stopped before its first record)"
+    run = Run(run_dir.name, "missing", overrides, note=note)
     try:
         record = json.loads((run_dir / "metrics.json").read_text())
         if not isinstance(record, dict):
@@ -174,7 +175,8 @@ def seed_summary(runs: list[Run]) -> list[dict]:
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         if r.dataset in TOY_MODES:
-            rest = " ".join(o for o in varying[r.name] if not o.startswith(("seed=", "dataset=", "loss=", "constraint=")))
+            shown = ("seed=", "dataset=", "loss=", "constraint=")
+            rest = " ".join(o for o in varying[r.name] if not o.startswith(shown))
             groups.setdefault((r.dataset, r.loss, r.constraint, rest), []).append(r)
     out = []
     for (dataset, loss, constraint, rest), group in groups.items():

@@ -6,8 +6,8 @@ Both return detached tensors (never floats): the loop reads them on the host onl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
+from ganbench.build import generate
 from ganbench.data import ImageDataset
 from ganbench.metrics import inception
 from ganbench.metrics.image import evaluate_images, metrics_config, real_subset, to_uint8
-from ganbench.build import generate
 
 
 def sync(device: torch.device) -> None:

@@ -9,7 +9,8 @@ differs. This script measures that gap instead of hiding it. Usage:
     python scripts/fid_gap.py DIR_A DIR_B [--n 500] [--weights default_1.pt] [--device cpu]
 
 Every folder image is decoded by each library its own way (all three convert to RGB); ``--n`` keeps n evenly
-spaced files of each folder in sorted order (so every class of an ImageFolder tree) (copied to a temporary folder so that all three read the same files).
+spaced files of each folder in sorted order (so every class of an ImageFolder tree), copied to a temporary folder so
+that all three read the same files.
 Prints one line per library and the relative gaps. Inception costs 0.1–0.5 s per image on a CPU.
 """
 
@@ -48,8 +49,8 @@ def stage(files: list[Path], dest: Path) -> Path:
 
 
 def load_uint8(folder: Path) -> torch.Tensor:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in sorted(folder.iterdir())]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

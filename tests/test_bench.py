@@ -3,10 +3,9 @@ one line; and scripts/toy_bar.py runs its checks."""
 
 from __future__ import annotations
 
-
 import pytest
-
 from conftest import run_cli, tiny_overrides
+
 from ganbench import cli
 
 

@@ -223,6 +223,7 @@ def test_fd_classifier_ranks_a_trained_run_above_its_untrained_generator(net):
     value, measured 1,563 and 2,110 against 1,976), so the test uses the stored result of a real run.
     """
     from conftest import compose
+
     from ganbench.build import build
 
     cfg = compose(["device=cpu", "metrics.num_fake=1000", "metrics.num_real=2000"])

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import read_metrics, run_cli, tiny_overrides
+
 from ganbench import checkpoint, cli
 
 

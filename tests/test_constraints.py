@@ -22,7 +22,7 @@ from ganbench.constraints import (
     stacking_note,
 )
 from ganbench.errors import GanbenchError
-from ganbench.losses import GANQP, R1, WGAN, WGANGP, GradientPenalty, Hinge, LSGAN, SGAN, WGANDiv
+from ganbench.losses import GANQP, LSGAN, R1, SGAN, WGAN, WGANGP, GradientPenalty, Hinge, WGANDiv
 from ganbench.step import d_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "constraint"

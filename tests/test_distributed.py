@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import read_metrics, tiny_overrides
+from test_train import scalars
+
 from ganbench import build as build_module
 from ganbench import checkpoint, config, distributed, losses, train
 from ganbench.errors import GanbenchError
-from test_train import scalars
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")

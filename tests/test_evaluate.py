@@ -9,14 +9,14 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import compose, read_metrics, run_cli, tiny_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
+from test_classifier_metric import _use_metrics_cache, metrics_cache  # noqa: F401  (shared session cache)
 
-from conftest import compose, read_metrics, run_cli, tiny_overrides
 from ganbench import checkpoint, evaluate, runlock
 from ganbench.errors import GanbenchError
-from test_classifier_metric import _use_metrics_cache, metrics_cache  # noqa: F401  (shared session cache)
 
 
 def make_run(run_dir, overrides=None, ema: bool = False, step: int = 7, metrics: dict | None = None):

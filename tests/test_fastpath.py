@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import compose, tiny_overrides
+
 from ganbench import checkpoint, fastpath
 from ganbench.build import build
 from ganbench.train import train_iteration

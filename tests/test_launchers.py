@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import read_metrics, run_cli, tiny_overrides
-from ganbench import checkpoint
 from test_train import scalars
+
+from ganbench import checkpoint
 
 LAUNCHERS = {
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO, compose, read_metrics
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose, read_metrics
 from ganbench import config
 from ganbench.train import run
 

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO, compose
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
 from ganbench import config
 
 LOSSES = ("sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ganbench.constraints import GradNorm, GraN
-from ganbench.losses import GANQP, WGAN, DivergencePenalty, GradientPenalty, R1
+from ganbench.losses import GANQP, R1, WGAN, DivergencePenalty, GradientPenalty
 
 
 def _pairs():

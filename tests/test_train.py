@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from conftest import compose, read_metrics, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose, read_metrics, tiny_overrides
 from ganbench import checkpoint
 from ganbench.build import build
 from ganbench.errors import GanbenchError
-from ganbench.losses import LossTerms, WGAN
+from ganbench.losses import WGAN, LossTerms
 from ganbench.train import run
 
 LOSSES = ["sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"]
@@ -82,8 +82,9 @@ def _weights(run_dir):
 
 
 def test_wgan_gp_equals_wgan_plus_gp(tmp_path):
-    a = run(compose(tiny_overrides("mlp", steps=4, dataset="grid25", loss="wgan_gp", constraint="none")), tmp_path / "a")
-    b = run(compose(tiny_overrides("mlp", steps=4, dataset="grid25", loss="wgan", constraint="gp")), tmp_path / "b")
+    toy = {"steps": 4, "dataset": "grid25"}
+    a = run(compose(tiny_overrides("mlp", **toy, loss="wgan_gp", constraint="none")), tmp_path / "a")
+    b = run(compose(tiny_overrides("mlp", **toy, loss="wgan", constraint="gp")), tmp_path / "b")
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for net in ("G", "D"):
         for k in wa[net]:
@@ -218,5 +219,6 @@ def test_warmup_rises_linearly_then_follows_the_decay(decay):
 
 
 def test_no_warmup_and_no_decay_means_no_schedulers():
-    r = build(compose(tiny_overrides("mlp", steps=4, **{"optim.decay": "none", "optim.warmup": 0})), torch.device("cpu"))
+    cfg = compose(tiny_overrides("mlp", steps=4, **{"optim.decay": "none", "optim.warmup": 0}))
+    r = build(cfg, torch.device("cpu"))
     assert r.schedulers == []

@@ -38,7 +38,7 @@ class Stats:
         return {"mu": self.mu, "sigma": self.sigma, "n": self.n}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Stats":
+    def from_dict(cls, d: dict) -> Stats:
         return cls(d["mu"].double(), d["sigma"].double(), int(d["n"]))
 
 

@@ -166,7 +166,8 @@ def _is_reference(hit) -> bool:
     """Cached reference statistics: a finite mean and a square covariance of the same width (features optional)."""
     stats = Stats.from_dict(hit)
     d = stats.mu.shape[-1]
-    ok = stats.mu.ndim == 1 and stats.sigma.shape == (d, d) and bool(torch.isfinite(stats.mu).all() and torch.isfinite(stats.sigma).all())
+    finite = bool(torch.isfinite(stats.mu).all() and torch.isfinite(stats.sigma).all())
+    ok = stats.mu.ndim == 1 and stats.sigma.shape == (d, d) and finite
     return ok and ("features" not in hit or hit["features"].shape[-1] == d)
 
 

@@ -215,7 +215,7 @@ def fidelity_state_dict_from_torchscript(ts: torch.nn.Module) -> dict:
     return out
 
 
-def fidelity_weights_file(net: "InceptionFeatures", folder: Path) -> Path:
+def fidelity_weights_file(net: InceptionFeatures, folder: Path) -> Path:
     """A file torch-fidelity's (and pytorch-fid's) own loaders take for ``net``'s weights: its .pth as it is, or the
     TorchScript converted to their state-dict layout and saved in ``folder`` (feature comparisons, benchmarks)."""
     if not net.torchscript:
