@@ -249,8 +249,16 @@ def identity(cfg: DictConfig) -> str:
     return json.dumps(_flatten(data), sort_keys=True)
 
 
+# Identity keys added after checkpoints were first written, with the value that older checkpoints ran with: a
+# checkpoint without the key resumes into a run that has this value (and is refused for any other).
+ADDED_KEYS = {"model.generator.init": "default", "model.discriminator.init": "default"}
+
+
 def check_resume_identity(saved: str, now: str, path: Path) -> None:
     saved_d, now_d = json.loads(saved or "{}"), json.loads(now)
+    for key, value in ADDED_KEYS.items():
+        if saved_d and key in now_d and key not in saved_d:
+            saved_d[key] = value
     for key in sorted(set(saved_d) | set(now_d)):
         if key.startswith("dataset.root"):
             continue  # the same data may move

@@ -563,3 +563,15 @@ def test_an_oom_in_the_first_steps_is_one_line_and_the_run_dir_stays_consistent(
     proc = run_cli(["train", *over], tmp_cwd)  # the directory is fit to resume
     assert proc.returncode == 0, proc.stderr
     assert read_metrics(run_dir)["step"] == 4 and "resumed from" in proc.stdout
+
+
+def test_a_checkpoint_from_before_the_mlp_init_option_resumes_into_the_default_only(tmp_path):
+    """Checkpoints written before `model.*.init` existed lack the key: they ran PyTorch's default init, so they resume
+    into `init=default` and are refused for `init=he`, with the key named."""
+    overrides = tiny_overrides("mlp", steps=4, dataset="grid25")
+    old = json.loads(config.identity(compose(overrides)))
+    del old["model.generator.init"], old["model.discriminator.init"]
+    config.check_resume_identity(json.dumps(old), config.identity(compose(overrides)), tmp_path / "last.pt")
+    he = compose([*overrides, "model.generator.init=he"])
+    with pytest.raises(GanbenchError, match=r"made with model\.generator\.init='default' but this run has .*'he'"):
+        config.check_resume_identity(json.dumps(old), config.identity(he), tmp_path / "last.pt")
