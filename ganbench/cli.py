@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ganbench import runlock
+from ganbench import runlock, torchrun
 from ganbench.errors import GanbenchError
 
 USAGE = """usage: ganbench <command> [args]
@@ -49,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             runlock.refuse_if_busy(rest)  # a busy run directory is refused at once, before torch and Hydra load
+            rest = importlib.import_module("ganbench.config").prepare_argv(rest)  # Hydra, not yet torch
         module, function = COMMANDS[command]
         return getattr(importlib.import_module(module), function)(rest)
     except GanbenchError as e:
-        print(f"ganbench: error: {e}", file=sys.stderr)
+        if not torchrun.env_rank():  # under torchrun rank 0 says it, once
+            print(f"ganbench: error: {e}", file=sys.stderr)
         return 2
 
 

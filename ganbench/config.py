@@ -5,6 +5,9 @@
   own overrides and output directory.
 - ``validate``: types and ranges of the run knobs.
 - ``identity``: the settings a checkpoint must share with the run that resumes it.
+
+Torch-free: `ganbench train` checks its command line here before torch loads, so a bad one is refused in about a
+second. torch comes in only to read the checkpoint of ``resume=`` and under torchrun.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ganbench import checkpoint, distributed
+from ganbench import torchrun
 from ganbench.errors import GanbenchError
-from ganbench.metrics.image import check_config
+from ganbench.metrics.settings import check_config
 
 CONFIG_MODULE = "ganbench.conf"
 GROUPS = ("dataset", "model", "loss", "constraint", "optim", "recipe", "experiment")
@@ -122,6 +125,7 @@ def _resume_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     value = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     if value in (None, "", "null", "auto"):
         return overrides, []
+    from ganbench import checkpoint  # torch: loaded only when there is a checkpoint to read
     ckpt = checkpoint.find(value)
     if ckpt is None:
         raise GanbenchError(f"resume={value} holds no checkpoint (looked for checkpoints/last.pt and prev.pt).")
@@ -151,7 +155,12 @@ def prepare_argv(argv: list[str]) -> list[str]:
         cfg = compose([o for o in variant if not o.lstrip("+~").startswith("hydra.")])
         validate(cfg)
         _check_output_dir(variant)
+    if torchrun.launched() and multirun:
+        raise GanbenchError("under torchrun `ganbench train` runs one job on all the processes; run a sweep (-m) "
+                            "through a launcher instead (e.g. hydra/launcher=submitit_slurm).")
     if hydra_extra:  # resuming: refuse a corrupt or mismatched checkpoint before anything is written
+        from ganbench import checkpoint
+
         ckpt = checkpoint.find(cfg.resume)
         check_resume_identity(checkpoint.load(ckpt).get("identity", ""), identity(cfg), ckpt)
     return flags + overrides + hydra_extra
@@ -229,7 +238,10 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise GanbenchError(f"optim.warmup must be a whole number of steps ≥ 0 (0: no warm-up), got {warmup!r}.")
     check_config(cfg.metrics)
-    distributed.check_env(cfg)  # under torchrun: the batch splits over the processes, the backend exists
+    if torchrun.launched():  # the batch splits over the processes, the backend exists
+        from ganbench import distributed  # torch: under torchrun only, which needs it anyway
+
+        distributed.check_env(cfg)
 
 
 def _flatten(node, prefix: str = "") -> dict:

@@ -41,24 +41,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ganbench.errors import GanbenchError
+from ganbench.torchrun import env_world_size, launched
 
-# What torchrun (and `srun torchrun ...` on Slurm) puts in each worker's environment.
-ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # How long a rank waits at a collective for the others (rank 0's evaluation included) before the run fails.
 TIMEOUT = datetime.timedelta(minutes=30)
-
-
-def launched() -> bool:
-    """True in a process started by torchrun (its environment names a rank, a world size and a rendezvous)."""
-    return all(k in os.environ for k in ENV)
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", 0)) if launched() else 0
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1)) if launched() else 1
 
 
 def check_env(cfg: DictConfig) -> None:

@@ -25,7 +25,8 @@ from ganbench import checkpoint, config, runlock
 from ganbench.build import generate, make, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.metrics.classifier import feature_net
-from ganbench.metrics.image import evaluate_images, metrics_config, to_uint8
+from ganbench.metrics.image import evaluate_images, to_uint8
+from ganbench.metrics.settings import metrics_config
 
 log = logging.getLogger("ganbench")
 

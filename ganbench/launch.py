@@ -1,8 +1,9 @@
-"""`ganbench train [overrides] [-m]`: check the command line (one-line errors), then let Hydra run each job.
+"""`ganbench train [overrides] [-m]`: let Hydra run each job of a checked command line.
 
-The entry point above the loop: :func:`main` checks the overrides of every job up front, Hydra composes the config
-and calls :func:`task` once per job (in this process, or in the joblib/submitit launchers' workers), and
-:class:`SweepFailures` lists the failed jobs at the end of a sweep.
+The entry point above the loop: the CLI checks the overrides of every job up front
+(:func:`ganbench.config.prepare_argv`, before torch loads: one-line errors), :func:`main` hands them to Hydra, which
+composes the config and calls :func:`task` once per job (in this process, or in the joblib/submitit launchers'
+workers), and :class:`SweepFailures` lists the failed jobs at the end of a sweep.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config, distributed, runlock
+from ganbench import checkpoint, config, distributed, runlock, torchrun
 from ganbench.errors import GanbenchError
 from ganbench.train import run
 
@@ -160,17 +161,9 @@ def _join_torchrun(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """`ganbench train [overrides] [-m]`: check the overrides up front (one-line errors), then hand over to Hydra."""
-    try:
-        argv = config.prepare_argv(argv)
-        if distributed.launched() and any(a in ("-m", "--multirun") for a in argv):
-            raise GanbenchError("under torchrun `ganbench train` runs one job on all the processes; run a sweep (-m) "
-                                "through a launcher instead (e.g. hydra/launcher=submitit_slurm).")
-    except GanbenchError:
-        if distributed.env_rank():  # under torchrun rank 0 says it, once
-            return 2
-        raise
-    if distributed.launched():
+    """`ganbench train [overrides] [-m]` on a command line that :func:`ganbench.config.prepare_argv` has checked and
+    returned (the CLI checks it before this module, and torch, load): hand over to Hydra."""
+    if torchrun.launched():
         argv = _join_torchrun(argv)
     hydra_main = hydra.main(config_path="pkg://ganbench.conf", config_name="train", version_base="1.3")(task)
     old_argv = sys.argv

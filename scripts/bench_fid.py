@@ -32,7 +32,8 @@ import torch
 from ganbench.build import generate
 from ganbench.data import ImageDataset
 from ganbench.metrics import inception
-from ganbench.metrics.image import evaluate_images, metrics_config, real_subset, to_uint8
+from ganbench.metrics.image import evaluate_images, real_subset, to_uint8
+from ganbench.metrics.settings import metrics_config
 
 
 def sync(device: torch.device) -> None:

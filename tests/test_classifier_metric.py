@@ -19,7 +19,8 @@ from ganbench.data import ImageDataset, mnist_mini, ring8
 from ganbench.errors import GanbenchError
 from ganbench.metrics import classifier
 from ganbench.metrics.frechet import feature_stats, frechet_distance_stats
-from ganbench.metrics.image import evaluate_images, metrics_config, to_uint8
+from ganbench.metrics.image import evaluate_images, to_uint8
+from ganbench.metrics.settings import metrics_config
 from ganbench.models import DCGANGenerator
 
 

@@ -106,6 +106,17 @@ def test_bad_config_is_one_clear_line_from_a_fresh_process(tmp_cwd, args, needle
     assert not (tmp_cwd / "outputs").exists()
 
 
+@pytest.mark.parametrize("args", [["loss=nope"], ["-m", "loss=hinge,nope"], ["metrics.names=[fud]"], ["steps=0"]])
+def test_bad_config_is_refused_before_torch_loads(tmp_cwd, args):
+    """The command line is checked before torch is imported (torch alone costs seconds), so the refusal is quick."""
+    code = ("import sys; from ganbench import cli; rc = cli.main(['train', *sys.argv[1:]]); "
+            "print('rc', rc, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_cwd, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["rc", "2", "False"], proc.stdout + proc.stderr
+    assert proc.stderr.startswith("ganbench: error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args,needles", [
     (["dataset=folder", "dataset.root=missing_dir"], ["missing_dir"]),
     (["dataset=mnist"], ["dataset=folder"]),

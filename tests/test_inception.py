@@ -17,7 +17,8 @@ import torch
 
 from ganbench.data import mnist_mini
 from ganbench.metrics import inception
-from ganbench.metrics.image import evaluate_images, metrics_config
+from ganbench.metrics.image import evaluate_images
+from ganbench.metrics.settings import metrics_config
 
 
 def _weights() -> Path | None:

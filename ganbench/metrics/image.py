@@ -20,10 +20,8 @@ from __future__ import annotations
 import io
 import logging
 import time
-from importlib import resources
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ganbench import checkpoint
 from ganbench.data import ImageDataset, cache_dir
@@ -32,73 +30,12 @@ from ganbench.metrics import inception
 from ganbench.metrics.classifier import default_test_split, feature_net
 from ganbench.metrics.frechet import Stats, feature_stats, frechet_distance_stats
 from ganbench.metrics.prc import precision_recall
+from ganbench.metrics.settings import METRICS
 
 log = logging.getLogger("ganbench")
 
-METRICS = ("fd_classifier", "prc_classifier", "fid", "kid", "is")
-RANKING = ("fd_classifier", "fid", "kid")  # lower is better: these can be metrics.primary
 REAL_SUBSET_SEED = 0
 _WARNED: set[str] = set()  # skip reasons already logged as warnings in this process
-
-
-# ---------------------------------------------------------------------------------------------------- config
-
-
-def default_config() -> DictConfig:
-    """``conf/metrics/default.yaml`` as shipped in the package."""
-    text = resources.files("ganbench.conf").joinpath("metrics/default.yaml").read_text()
-    return OmegaConf.create(text)
-
-
-def metrics_config(node: DictConfig | dict | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """``node`` (a run's ``metrics`` config, or None for the defaults) with ``metrics.KEY=VALUE`` overrides; checked.
-
-    Keys missing from an older run's config are filled from the defaults; unknown keys are errors.
-    """
-    cfg = default_config()
-    if node is not None:
-        cfg = OmegaConf.merge(cfg, node)
-    OmegaConf.set_struct(cfg, True)
-    dotlist = []
-    for o in overrides or []:
-        if not o.startswith("metrics.") or "=" not in o:
-            raise GanbenchError(f"cannot apply '{o}': only metrics.KEY=VALUE overrides are accepted here.")
-        dotlist.append(o[len("metrics."):])
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except Exception as e:
-        key = next((d.split("=", 1)[0] for d in dotlist if d.split("=", 1)[0].split(".")[0] not in cfg), None)
-        if key:
-            raise GanbenchError(f"unknown config key 'metrics.{key}'; the keys are: {', '.join(cfg)}.") from None
-        raise GanbenchError(f"cannot apply the metrics overrides ({str(e).splitlines()[0]}).") from None
-    check_config(cfg)
-    return cfg
-
-
-def check_config(mcfg: DictConfig) -> None:
-    """One sentence per problem in a ``metrics`` config (call it before training starts)."""
-    names = list(mcfg.names) if OmegaConf.is_list(mcfg.names) or isinstance(mcfg.names, list) else None
-    if names is None:
-        raise GanbenchError(f"metrics.names must be a list such as [fd_classifier, fid], got {mcfg.names!r}.")
-    bad = [n for n in names if n not in METRICS]
-    if bad:
-        raise GanbenchError(f"unknown metric '{bad[0]}' in metrics.names; choose from: {', '.join(METRICS)}.")
-    if names and mcfg.primary is not None and mcfg.primary not in names:
-        raise GanbenchError(f"metrics.primary={mcfg.primary} is not in metrics.names={names}.")
-    if mcfg.primary is not None and mcfg.primary not in RANKING:
-        raise GanbenchError(f"metrics.primary={mcfg.primary} cannot rank checkpoints; choose one of "
-                            f"{', '.join(RANKING)} (lower is better).")
-    for key in ("num_fake", "batch"):
-        v = mcfg[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-            raise GanbenchError(f"metrics.{key} must be an integer ≥ 2, got {v!r}.")
-    if mcfg.num_real is not None and (not isinstance(mcfg.num_real, int) or mcfg.num_real < 2):
-        raise GanbenchError(f"metrics.num_real must be null (all of the split) or an integer ≥ 2, got "
-                            f"{mcfg.num_real!r}.")
-    if mcfg.split not in ("train", "test"):
-        raise GanbenchError(f"metrics.split must be train or test, got {mcfg.split!r}.")
-    if not isinstance(mcfg.classifier_seed, int) or mcfg.classifier_seed < 0:
-        raise GanbenchError(f"metrics.classifier_seed must be a non-negative integer, got {mcfg.classifier_seed!r}.")
 
 
 # ---------------------------------------------------------------------------------------------------- images
