@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from ganbench import config, distributed
 from ganbench.errors import GanbenchError
+from ganbench.step import InstanceNoise
 
 log = logging.getLogger("ganbench")
 
@@ -86,6 +87,7 @@ class Run:
     step: int = 0
     history: list = field(default_factory=list)
     world: distributed.World = field(default_factory=distributed.current)  # torchrun's ranks, or a world of one
+    noise: InstanceNoise | None = None  # instance noise on D's inputs (cfg.instance_noise.std > 0)
 
     @property
     def sampler(self) -> torch.nn.Module:
@@ -174,4 +176,6 @@ def build(cfg: DictConfig, device: torch.device) -> Run:
     world = distributed.current()
     world.average_gradients(opt_g, opt_d)  # under torchrun: step() averages the gradients over the ranks first
     world.seed_stream(cfg.seed)  # identical models on every rank; from here on each rank draws its own data
-    return Run(cfg, device, dataset, G, D, G_ema, loss, constraint, opt_g, opt_d, schedulers, z_fixed)
+    noise = (InstanceNoise(cfg.instance_noise.std, cfg.instance_noise.until, cfg.steps, device)
+             if cfg.instance_noise.std > 0 else None)
+    return Run(cfg, device, dataset, G, D, G_ema, loss, constraint, opt_g, opt_d, schedulers, z_fixed, noise=noise)

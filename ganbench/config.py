@@ -213,6 +213,15 @@ def validate(cfg: DictConfig) -> None:
         raise GanbenchError(f"ema_decay must be a number in [0, 1) (0 turns EMA off), got {cfg.ema_decay!r}.")
     if cfg.cpu_threads is not None and (not _is_int(cfg.cpu_threads) or cfg.cpu_threads < 1):
         raise GanbenchError(f"cpu_threads must be null or a positive integer, got {cfg.cpu_threads!r}.")
+    noise = cfg.instance_noise
+    if not isinstance(noise, DictConfig) or set(noise.keys()) != {"std", "until"}:
+        raise GanbenchError("instance_noise takes exactly two keys, std and until "
+                            "(e.g. instance_noise.std=0.5 instance_noise.until=0.6).")
+    if not _is_number(noise.std) or noise.std < 0:
+        raise GanbenchError(f"instance_noise.std must be a number ≥ 0 (0: off), got {noise.std!r}.")
+    if not _is_number(noise.until) or not 0 < noise.until <= 1:
+        raise GanbenchError(f"instance_noise.until must be a number in (0, 1] (the fraction of steps by which the "
+                            f"noise reaches 0), got {noise.until!r}.")
     for key in ("fast", "channels_last"):
         if not isinstance(cfg[key], bool):
             raise GanbenchError(f"{key} must be true or false, got {cfg[key]!r}.")
@@ -288,5 +297,6 @@ def hparams(cfg: DictConfig) -> dict:
     out = {g: choices.get(g) or str(cfg[g].get("_target_", "")) for g in ("dataset", "model", "loss", "constraint")}
     out["optim"] = choices.get("optim") or cfg.optim.g._target_
     out.update(steps=cfg.steps, n_dis=cfg.n_dis, batch_size=cfg.batch_size, seed=cfg.seed,
-               lr_g=float(cfg.optim.lr_g), lr_d=float(cfg.optim.lr_d), ema_decay=float(cfg.ema_decay))
+               lr_g=float(cfg.optim.lr_g), lr_d=float(cfg.optim.lr_d), ema_decay=float(cfg.ema_decay),
+               instance_noise=float(cfg.instance_noise.std))
     return out

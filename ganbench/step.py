@@ -16,6 +16,38 @@ from ganbench.constraints import Constraint
 from ganbench.losses import Loss, Penalty
 
 
+class InstanceNoise:
+    """Gaussian instance noise on every input of D, annealed linearly to zero.
+
+    x ↦ x + σ_t·ε, ε ~ N(0, I), on the real and the fake batch of each D step and of the G step (Sønderby et al.
+    2016, arXiv 1610.04490 §3.1; Arjovsky & Bottou 2017, arXiv 1701.04862 §3). Convolving both distributions with
+    the same noise makes their supports overlap, so the critic is trained between the data's modes too, where its
+    slope is what moves G's samples. σ_t = std·max(0, 1 − t/end), t the G step, end = max(1, round(until·steps)).
+
+    ``σ_t`` lives in a 0-dim tensor on the run's device that :meth:`at` fills in place on the host before each
+    iteration: a CUDA graph of the iteration reads the current value, as it reads a scheduled lr.
+    """
+
+    def __init__(self, std: float, until: float, steps: int, device: torch.device):
+        self.std0, self.end = float(std), max(1, round(until * steps))
+        self.std = torch.full((), self.std0, device=device)
+
+    def sigma(self, step: int) -> float:
+        """σ at G step ``step`` (0-based: the iteration that makes G step ``step + 1``)."""
+        return self.std0 * max(0.0, 1.0 - step / self.end)
+
+    def at(self, step: int) -> None:
+        """Set σ for the iteration about to run."""
+        self.std.fill_(self.sigma(step))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x + self.std * torch.randn_like(x)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 @dataclass
 class Parts:
     """A step's named scalars; ``total`` is what was backpropagated."""
@@ -26,14 +58,17 @@ class Parts:
 
 def d_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Loss,
            penalties: tuple[Penalty, ...], constraint: Constraint, opt_d: torch.optim.Optimizer,
-           real: Tensor, z: Tensor) -> Parts:
+           real: Tensor, z: Tensor, noise: InstanceNoise | None = None) -> Parts:
     """L_D = loss.d_loss(Dw(real), Dw(G(z))) + Σ penalties(Dw, real, fake); then the constraint's post-step hook.
 
     ``penalties`` is ``constraint.run_penalties(loss.penalties)``, decided once before the loop (GN and GraN replace a
-    loss's own penalty; the other constraints add theirs to it).
+    loss's own penalty; the other constraints add theirs to it). With ``noise``, real and fake are the noised
+    batches everywhere: D's inputs, the loss (GAN-QP's pair distance) and the penalties.
     """
+    noise = noise or _identity
     with torch.no_grad():
-        fake = G(z)
+        fake = noise(G(z))
+    real = noise(real)
     d_real, d_fake = Dw(real), Dw(fake)
     terms = loss.d_loss(d_real, d_fake, real, fake)
     total, parts = terms.total, dict(terms.parts)
@@ -53,11 +88,15 @@ def d_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Los
 
 
 def g_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Loss,
-           opt_g: torch.optim.Optimizer, z: Tensor, real: Tensor | None) -> Parts:
-    """L_G = loss.g_loss(Dw(G(z))); D's parameters are frozen so no gradient is computed for them."""
+           opt_g: torch.optim.Optimizer, z: Tensor, real: Tensor | None,
+           noise: InstanceNoise | None = None) -> Parts:
+    """L_G = loss.g_loss(Dw(G(z))); D's parameters are frozen so no gradient is computed for them. With ``noise``,
+    D sees G(z) + σε (the gradient reaches G through the sum) and the real batch noised as well."""
+    noise = noise or _identity
     D.requires_grad_(False)
     try:
-        fake = G(z)
+        fake = noise(G(z))
+        real = noise(real) if real is not None else None
         d_fake = Dw(fake)
         d_real = Dw(real).detach() if loss.g_uses_real else None
         terms = loss.g_loss(d_fake, d_real, real, fake)

@@ -59,6 +59,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     with StopSignals(r.world) as stop:
         try:
             while r.step < cfg.steps:
+                if r.noise is not None:  # on the host, outside any CUDA graph: the graph reads the tensor
+                    r.noise.at(r.step)
                 d, g = iteration()
                 r.step += 1
                 scalars.add(d, g)
@@ -102,10 +104,10 @@ def train_iteration(r: Run, Dw: Callable, penalties: tuple) -> tuple[Parts, Part
     batch = r.world.share(cfg.batch_size)  # batch_size is the global batch; under torchrun each rank draws its part
     for _ in range(cfg.n_dis):
         d = d_step(r.G, r.D, Dw, r.loss, penalties, r.constraint, r.opt_d,
-                   r.dataset.sample(batch), r.G.sample_z(batch, device=device))
+                   r.dataset.sample(batch), r.G.sample_z(batch, device=device), r.noise)
     g_batch = r.world.share(cfg.g_batch_size or cfg.batch_size)
     real_g = r.dataset.sample(g_batch) if r.loss.g_uses_real else None
-    g = g_step(r.G, r.D, Dw, r.loss, r.opt_g, r.G.sample_z(g_batch, device=device), real_g)
+    g = g_step(r.G, r.D, Dw, r.loss, r.opt_g, r.G.sample_z(g_batch, device=device), real_g, r.noise)
     for s in r.schedulers:
         s.step()
     if r.G_ema is not None:

@@ -72,7 +72,8 @@ def capturable_on_cpu(monkeypatch):
 
 
 # Pairs that between them use every hook the graph must hold: SN's power iteration, GP/R1/div double backward,
-# GN/GraN in both steps, clipping with RMSprop, GAN-QP's real batch in the G step, the LR schedule and the EMA.
+# GN/GraN in both steps, clipping with RMSprop, GAN-QP's real batch in the G step, the LR schedule, the EMA and
+# instance noise.
 PAIRS = [
     ["loss=hinge", "constraint=sn"],
     ["loss=wgan_gp", "constraint=none", "optim.decay=linear", "ema_decay=0.9"],
@@ -81,6 +82,7 @@ PAIRS = [
     ["loss=ganqp", "constraint=r1", "optim.decay=linear"],
     ["loss=wgan_div", "constraint=none"],
     ["loss=wgan", "constraint=clip", "optim=rmsprop", "optim.decay=linear"],
+    ["loss=ganqp", "constraint=none", "instance_noise.std=0.3"],
 ]
 STEPS = 6
 
@@ -447,3 +449,26 @@ def test_a_graphed_runs_checkpoint_resumes_eagerly_on_the_cpu(tmp_path):
     assert all(float(s["step"]) == 10 for s in state["state"].values())
     assert r_cpu.schedulers[0].last_epoch == 10
     assert torch.isfinite(losses(eager_cpu, 2)).all()
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_graph_reads_the_instance_noise_sigma_the_host_sets(deterministic_cudnn):
+    """Instance noise: the loop fills σ in place before each call, as `ganbench train` does; the graph must read the
+    live value, not the one at capture (σ reaches 0 at step 20 here, inside the 50 compared steps)."""
+    overrides = tiny_overrides("mlp", steps=100, dataset="grid25", loss="ganqp", constraint="none",
+                               **{"instance_noise.std": 0.5, "instance_noise.until": 0.2})
+
+    def trace(make_iteration):
+        r, eager = make_run(overrides + ["fast=true"], device="cuda")
+        iteration, out = make_iteration(r, eager), []
+        for step in range(GPU_STEPS):
+            r.noise.at(step)
+            d, g = iteration()
+            out.append(torch.stack([d.total.detach().clone(), g.total.detach().clone()]))
+        return torch.stack(out), iteration
+
+    got, iteration = trace(lambda r, eager: fastpath.make_iteration(r, eager, r.cfg, log))
+    assert_captured(iteration)
+    expected, _ = trace(prepared_iteration)
+    torch.testing.assert_close(got, expected, rtol=TF32, atol=TF32)
