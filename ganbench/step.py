@@ -20,7 +20,7 @@ class InstanceNoise:
     """Gaussian instance noise on every input of D, annealed linearly to zero.
 
     x ↦ x + σ_t·ε, ε ~ N(0, I), on the real and the fake batch of each D step and of the G step (Sønderby et al.
-    2016, arXiv 1610.04490 §3.1; Arjovsky & Bottou 2017, arXiv 1701.04862 §3). Convolving both distributions with
+    2016, arXiv 1610.04490; Arjovsky & Bottou 2017, arXiv 1701.04862 §3). Convolving both distributions with
     the same noise makes their supports overlap, so the critic is trained between the data's modes too, where its
     slope is what moves G's samples. σ_t = std·max(0, 1 − t/end), t the G step, end = max(1, round(until·steps)).
 

@@ -40,7 +40,8 @@ TOY_PAIRS = {
     "grid25_study": ("Hinge", "SpectralNorm", {"model.generator.depth": 3, "batch_size": 256, "steps": 10_000}),
     "grid25_hinge_sn": ("Hinge", "SpectralNorm", {"model.generator.depth": 4, "batch_size": 256, "steps": 10_000}),
     "grid25_ganqp": ("GANQP", "NoConstraint", {"model.generator.depth": 4, "model.discriminator.hidden": 256,
-                                              "batch_size": 1024, "steps": 10_000, "optim.decay_to": 0.1}),
+                                              "batch_size": 1024, "steps": 10_000, "optim.decay_to": 0.1,
+                                              "instance_noise.std": 0.5, "instance_noise.until": 0.6}),
     "grid25_wgan_gp": ("WGANGP", "NoConstraint", {"model.generator.depth": 4, "batch_size": 256, "steps": 15_000,
                                                 "loss.weight": 0.1}),
     "grid25_wgan_gn": ("WGAN", "GradNorm", {"model.generator.depth": 4, "model.discriminator.depth": 4,
@@ -95,7 +96,8 @@ def test_toy_pair_presets_build_on_the_shared_setting(name):
         assert OmegaConf.select(cfg, key) == expected, key
     shared = {"dataset._target_": f"ganbench.data.{name.split('_')[0]}", "model.generator.hidden": 128,
               "model.discriminator.depth": 3, "model.z_dim": 2, "n_dis": 3, "optim.lr_g": 1e-3, "optim.lr_d": 2e-3,
-              "optim.decay": "linear", "ema_decay": 0.99, "eval_samples": 2500}
+              "optim.decay": "linear", "ema_decay": 0.99, "eval_samples": 2500,
+              "instance_noise.std": 0.0}
     for key, expected in shared.items():
         if key not in values:  # what the preset changes is checked above
             assert OmegaConf.select(cfg, key) == expected, key
