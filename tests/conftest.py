@@ -55,6 +55,12 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` first (a stable sort): under ``-n auto`` (README's command) the long toy runs start at
+    once, one per worker, while the other workers take the short tests, instead of starting last and running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
