@@ -56,7 +56,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` first (a stable sort): under ``-n auto`` (README's command) the long toy runs start at
+    """Tests marked ``slow`` first (a stable sort): under ``-n 2`` (README's command) the long toy runs start at
     once, one per worker, while the other workers take the short tests, instead of starting last and running alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
