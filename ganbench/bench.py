@@ -14,6 +14,9 @@ on the device. Their setup differs as follows:
   ``.item()`` on its loss for the progress print (a host sync). It covers losses sgan, hinge, wgan and wgan_gp with
   constraints none, sn, gp and gn. For other pairs ganbench is timed alone.
 
+With ``instance_noise.std`` > 0 both loops add N(0, σ²) noise to D's real and fake inputs at σ = ``std`` throughout
+(the bench times iterations, not the schedule that anneals σ in a run).
+
 Each loop gets ``--warmup`` untimed iterations, then ``--iters`` timed ones, bracketed by device syncs. Printed:
 G-steps/s, D images/s (real + fake images through D in the D steps: G-steps/s × n_dis × 2 × batch_size), peak
 memory (CUDA: the most allocated at once, building and warm-up included; the CPU has none per loop to report),
@@ -120,7 +123,8 @@ def print_header(cfg: DictConfig, device: torch.device) -> None:
           f"loss {_short(cfg.loss)}, constraint {_short(cfg.constraint)}, optim {_short(cfg.optim.d)}, "
           f"batch {cfg.batch_size} (G {cfg.g_batch_size or cfg.batch_size}), n_dis {cfg.n_dis}, "
           f"precision {cfg.precision}, channels_last {str(cfg.channels_last).lower()}, "
-          f"fast {str(cfg.fast).lower()}")
+          f"fast {str(cfg.fast).lower()}"
+          + (f", instance noise σ {cfg.instance_noise.std:g} (held)" if cfg.instance_noise.std > 0 else ""))
 
 
 def _short(node: DictConfig) -> str:
@@ -219,9 +223,14 @@ class ReferenceLoop:
         if cfg.ema_decay > 0:
             self.G_ema = make(cfg.model.generator, "generator", out_shape=shape).to(device).requires_grad_(False)
             self.G_ema.load_state_dict(self.G.state_dict())
+        self.noise_std = float(cfg.instance_noise.std)
         self.gp = [(float(node.weight), bool(node.one_sided)) for node, used in
                    ((cfg.loss, loss == "wgan_gp" and constraint not in ("gn", "gran")),
                     (cfg.constraint, constraint == "gp")) if used]  # GN/GraN replace the loss's GP
+
+    def noised(self, x: torch.Tensor) -> torch.Tensor:
+        """x + σε, as a repo with instance noise writes it (σ held at instance_noise.std); x itself without."""
+        return x + self.noise_std * torch.randn_like(x) if self.noise_std > 0 else x
 
     def critic(self, x: torch.Tensor) -> torch.Tensor:
         if self.constraint != "gn":
@@ -252,15 +261,15 @@ class ReferenceLoop:
     def __call__(self) -> None:
         cfg, G, n = self.cfg, self.G, self.cfg.batch_size
         for _ in range(cfg.n_dis):
-            real = self.dataset.sample(n)
+            real = self.noised(self.dataset.sample(n))
             with torch.no_grad():
-                fake = G(torch.randn(n, G.z_dim, device=self.device))
+                fake = self.noised(G(torch.randn(n, G.z_dim, device=self.device)))
             loss_d = self.d_loss(real, fake)
             self.opt_d.zero_grad()
             loss_d.backward()
             self.opt_d.step()
             loss_d.item()  # the per-step progress print of most repos: a host sync
-        d_fake = self.critic(G(torch.randn(cfg.g_batch_size or n, G.z_dim, device=self.device)))
+        d_fake = self.critic(self.noised(G(torch.randn(cfg.g_batch_size or n, G.z_dim, device=self.device))))
         loss_g = F.softplus(-d_fake).mean() if self.loss == "sgan" else -d_fake.mean()
         self.opt_g.zero_grad()
         loss_g.backward()  # D's gradients are computed too, as in most repos (cleared by the next D step)

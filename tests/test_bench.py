@@ -4,9 +4,10 @@ one line; and scripts/toy_bar.py runs its checks."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli, tiny_overrides
+import torch
+from conftest import compose, run_cli, tiny_overrides
 
-from ganbench import cli
+from ganbench import bench, cli
 
 
 def bench_args(model: str = "dcgan_small", **extra) -> list[str]:
@@ -39,6 +40,30 @@ def test_bench_reference_pairs_run(capsys, pair):
     assert cli.main(bench_args(model, **pair)) == 0
     out = capsys.readouterr().out
     assert "reference  " in out and "ratio ganbench/reference: " in out
+
+
+@pytest.mark.parametrize("std", [0.0, 0.5])
+def test_the_reference_loop_noises_d_inputs_as_ganbench_does(monkeypatch, capsys, std):
+    """With instance_noise.std = σ the reference's D sees real + σε and fake + σε in the D steps and fake + σε in the
+    G step, σ held (the data and G's output are pinned to 0 here, so D's inputs are the noise itself); without, the
+    batches themselves. The bench's header says so."""
+    cfg = compose(tiny_overrides("mlp", dataset="grid25", loss="wgan", constraint="none", batch_size=4096, n_dis=1,
+                                 **{"instance_noise.std": std}))
+    ref = bench.ReferenceLoop(cfg, torch.device("cpu"), "wgan", "none")
+    monkeypatch.setattr(ref.dataset, "sample", lambda n: torch.zeros(n, 2))
+    monkeypatch.setattr(ref.G, "forward", lambda z: torch.zeros(len(z), 2))
+    seen, critic = [], ref.critic
+    monkeypatch.setattr(ref, "critic", lambda x: seen.append(x.detach()) or critic(x))
+    ref()
+    assert [x.shape for x in seen] == [(4096, 2)] * 3  # D step: real, fake; G step: fake
+    for x in seen:
+        if std:
+            assert abs(x.mean().item()) < 0.03 and x.std().item() == pytest.approx(std, rel=0.05)
+        else:
+            assert not x.any()
+    bench.print_header(cfg, torch.device("cpu"))
+    header = capsys.readouterr().out
+    assert ("instance noise σ 0.5 (held)" in header) if std else ("instance noise" not in header)
 
 
 def test_bench_times_ganbench_alone_where_the_reference_has_no_such_pair(capsys):
