@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganbench import checkpoint
+from ganbench import cachelock, checkpoint
 from ganbench.data import ImageDataset, cache_dir, mnist_mini
 from ganbench.errors import GanbenchError
 from ganbench.metrics.frechet import one_cpu_thread
@@ -233,10 +233,20 @@ def feature_net(dataset: ImageDataset, seed: int = 0, test: ImageDataset | None 
     """
     path = cache_path(dataset, seed)
     spec = spec_of(dataset)
-    state = None if retrain else checkpoint.load_cache(path, "fd_classifier feature-net",
-                                                       check=lambda s: _is_feature_net(s, spec))
-    if state is not None:
-        return _load(state, path, dataset, seed)
+    if retrain:
+        with cachelock.exclusive(path, "fd_classifier feature net"):
+            return _train_and_cache(dataset, seed, test, path, spec)
+
+    def load() -> FeatureNet | None:
+        state = checkpoint.load_cache(path, "fd_classifier feature-net", check=lambda s: _is_feature_net(s, spec))
+        return None if state is None else _load(state, path, dataset, seed)
+
+    return cachelock.load_or_build(path, load, lambda: _train_and_cache(dataset, seed, test, path, spec),
+                                   "fd_classifier feature net")
+
+
+def _train_and_cache(dataset: ImageDataset, seed: int, test: ImageDataset | None, path: Path,
+                     spec: dict) -> FeatureNet:
     test = test if test is not None else default_test_split(dataset)
     log.info("training the fd_classifier feature net on %s (once; cached in %s)", dataset.name, path)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ganbench import checkpoint
+from ganbench import cachelock, checkpoint
 from ganbench.data import ImageDataset, cache_dir
 from ganbench.errors import GanbenchError
 from ganbench.metrics import inception
@@ -81,9 +81,17 @@ def _reference(real: ImageDataset, num_real: int | None, key: str, extract, need
     """(Stats, features or None) of the real images for feature net ``key``; cached on disk."""
     n = len(real) if num_real is None else min(num_real, len(real))
     path = cache_dir("features") / f"ref-{real.name}-{key}-n{n}.pt"
-    hit = checkpoint.load_cache(path, "reference-statistics", check=_is_reference)
-    if hit is not None and (not need_features or "features" in hit):
-        return Stats.from_dict(hit), hit.get("features")
+
+    def load():
+        hit = checkpoint.load_cache(path, "reference-statistics", check=_is_reference)
+        return (Stats.from_dict(hit), hit.get("features")) if hit is not None and (
+            not need_features or "features" in hit) else None
+
+    return cachelock.load_or_build(path, load, lambda: _build_reference(real, num_real, path, extract, need_features),
+                                   "reference statistics")
+
+
+def _build_reference(real: ImageDataset, num_real: int | None, path, extract, need_features: bool):
     feats = extract(real_subset(real, num_real))
     stats = feature_stats(feats)
     record = stats.to_dict()
