@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.datasets import CIFAR10, MNIST
 
-from ganbench import checkpoint
+from ganbench import checkpoint, config
 from ganbench.errors import GanbenchError
 
 log = logging.getLogger("ganbench")
@@ -195,7 +195,7 @@ _BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBom
 
 def cache_dir(kind: str) -> Path:
     """``$GANBENCH_CACHE/<kind>`` (default ``~/.cache/ganbench/<kind>``): decoded datasets, reference statistics."""
-    return Path(os.environ.get("GANBENCH_CACHE", "~/.cache/ganbench")).expanduser() / kind
+    return config.cache_root() / kind
 
 
 def _scan(path: str, recursive: bool) -> list[os.DirEntry]:
@@ -260,7 +260,8 @@ def folder(root: str, resolution: int = 32, channels: int = 3, max_images: int |
     """
     root_path = Path(root).expanduser().resolve()
     if not root_path.is_dir():
-        raise GanbenchError(f"Image folder {root_path} does not exist: set dataset.root to a folder of images.")
+        what = "is a file, not a folder" if root_path.exists() else "does not exist"
+        raise GanbenchError(f"Image folder {root_path} {what}: set dataset.root to a folder of images.")
     if channels not in (1, 3):
         raise GanbenchError(f"dataset.channels={channels} is not supported: set it to 1 (grayscale) or 3 (RGB).")
     files, labels = _list_folder(root_path)

@@ -10,6 +10,7 @@ from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
+from ganbench import schema
 from ganbench.errors import GanbenchError
 
 METRICS = ("fd_classifier", "prc_classifier", "fid", "kid", "is")
@@ -48,10 +49,10 @@ def metrics_config(node: DictConfig | dict | None = None, overrides: list[str] |
 
 
 def check_config(mcfg: DictConfig) -> None:
-    """One sentence per problem in a ``metrics`` config (call it before training starts)."""
-    names = list(mcfg.names) if OmegaConf.is_list(mcfg.names) or isinstance(mcfg.names, list) else None
-    if names is None:
-        raise GanbenchError(f"metrics.names must be a list such as [fd_classifier, fid], got {mcfg.names!r}.")
+    """One sentence per problem in a ``metrics`` config (call it before training starts): the knobs' types and
+    ranges (:class:`ganbench.schema.Metrics`), then the names and the ranking metric."""
+    schema.check_group("metrics", OmegaConf.to_container(mcfg, resolve=True))
+    names = list(mcfg.names)
     bad = [n for n in names if n not in METRICS]
     if bad:
         raise GanbenchError(f"unknown metric '{bad[0]}' in metrics.names; choose from: {', '.join(METRICS)}.")
@@ -60,14 +61,3 @@ def check_config(mcfg: DictConfig) -> None:
     if mcfg.primary is not None and mcfg.primary not in RANKING:
         raise GanbenchError(f"metrics.primary={mcfg.primary} cannot rank checkpoints; choose one of "
                             f"{', '.join(RANKING)} (lower is better).")
-    for key in ("num_fake", "batch"):
-        v = mcfg[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-            raise GanbenchError(f"metrics.{key} must be an integer ≥ 2, got {v!r}.")
-    if mcfg.num_real is not None and (not isinstance(mcfg.num_real, int) or mcfg.num_real < 2):
-        raise GanbenchError(f"metrics.num_real must be null (all of the split) or an integer ≥ 2, got "
-                            f"{mcfg.num_real!r}.")
-    if mcfg.split not in ("train", "test"):
-        raise GanbenchError(f"metrics.split must be train or test, got {mcfg.split!r}.")
-    if not isinstance(mcfg.classifier_seed, int) or mcfg.classifier_seed < 0:
-        raise GanbenchError(f"metrics.classifier_seed must be a non-negative integer, got {mcfg.classifier_seed!r}.")
