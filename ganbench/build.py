@@ -156,6 +156,19 @@ def lr_schedulers(cfg: DictConfig, *optimizers: torch.optim.Optimizer) -> list:
     return [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
 
 
+def critic_steps(cfg: DictConfig, step: int) -> int:
+    """D updates before G step ``step`` (0-based): ``n_dis``, or ``critic_schedule.burst`` at the first
+    ``critic_schedule.first`` G steps and at every ``critic_schedule.every``-th one.
+
+    The WGAN code (Arjovsky et al. 2017, martinarjovsky/WassersteinGAN ``main.py``) runs bursts of 100 for the first
+    25 G steps and every 500th, so that its clipped critic is near its optimum before G moves and again at intervals.
+    """
+    s = cfg.critic_schedule
+    if s.burst and (step < s.first or (s.every and step % s.every == 0)):
+        return s.burst
+    return cfg.n_dis
+
+
 def build(cfg: DictConfig, device: torch.device) -> Run:
     """Instantiate dataset, models, loss, constraint and optimizers from the config (seeded)."""
     torch.manual_seed(cfg.seed)

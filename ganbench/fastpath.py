@@ -80,6 +80,9 @@ def not_capturable(r) -> str | None:
             return f"the {name} optimizer ({type(opt).__name__}) has no capturable mode"
     if r.dataset.device.type != r.device.type:  # (cuda vs cuda:0 is the same place)
         return f"the dataset is on {r.dataset.device}, not on {r.device}"
+    schedule = r.cfg.get("critic_schedule")
+    if schedule is not None and schedule.get("burst"):  # one graph replays one fixed number of D steps
+        return "critic_schedule varies the number of D steps per iteration"
     return None
 
 

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ganbench import checkpoint, config, constraints, distributed, fastpath
-from ganbench.build import Run, build, generate, resolve_device
+from ganbench.build import Run, build, critic_steps, generate, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.logger import Progress, RunLogger
 from ganbench.metrics.suite import evaluate, primary_metric
@@ -99,10 +99,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def train_iteration(r: Run, Dw: Callable, penalties: tuple) -> tuple[Parts, Parts]:
-    """One iteration of the algorithm: n_dis D updates on fresh real batches, one G update, LR schedule, EMA of G."""
+    """One iteration of the algorithm: n_dis D updates (critic_schedule: a burst) on fresh real batches, one G update,
+    LR schedule, EMA of G."""
     cfg, device = r.cfg, r.device
     batch = r.world.share(cfg.batch_size)  # batch_size is the global batch; under torchrun each rank draws its part
-    for _ in range(cfg.n_dis):
+    for _ in range(critic_steps(cfg, r.step)):
         d = d_step(r.G, r.D, Dw, r.loss, penalties, r.constraint, r.opt_d,
                    r.dataset.sample(batch), r.G.sample_z(batch, device=device), r.noise)
     g_batch = r.world.share(cfg.g_batch_size or cfg.batch_size)

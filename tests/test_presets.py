@@ -9,31 +9,26 @@ from omegaconf import OmegaConf
 from ganbench import config
 from ganbench.train import run
 
-# preset: (dataset, model, loss, constraint, optimizer, {key: value} of the source's settings)
+# preset: (dataset, model, loss, constraint, optimizer, {key: value} of what the preset sets beyond recipe=paper's
+# setting of its pair, which test_paper_presets_train_at_their_pairs_recipe checks instead).
 PRESETS = {
-    "sngan_cnn_cifar10": ("cifar10", "SNGANCNN", "Hinge", "SpectralNorm", "Adam", {
-        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.5, 0.999], "optim.decay": "none",
-        "n_dis": 1, "batch_size": 64, "g_batch_size": 128, "steps": 100_000, "ema_decay": 0.0}),
-    "wgan_gp_cnn_cifar10": ("cifar10", "SNGANCNN", "WGANGP", "NoConstraint", "Adam", {
-        "optim.lr_g": 1e-4, "optim.lr_d": 1e-4, "optim.betas": [0.5, 0.9], "loss.weight": 10.0,
-        "n_dis": 5, "batch_size": 64, "g_batch_size": 64, "steps": 100_000}),
-    "wgan_clip_dcgan": ("cifar10", "DCGAN", "WGAN", "WeightClip", "RMSprop", {
-        "optim.lr_g": 5e-5, "optim.lr_d": 5e-5, "constraint.c": 0.01, "n_dis": 5, "batch_size": 64,
-        "steps": 100_000}),
-    "gngan_cnn_cifar10": ("cifar10", "SNGANCNN", "SGAN", "GradNorm", "Adam", {
-        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "optim.decay": "none",
-        "loss.saturating": False, "n_dis": 1, "batch_size": 64, "g_batch_size": 128, "steps": 200_000,
-        "ema_decay": 0.9999}),
-    "gngan_resnet_cifar10": ("cifar10", "SNGANResNet", "Hinge", "GradNorm", "Adam", {
-        "optim.lr_g": 2e-4, "optim.lr_d": 4e-4, "optim.betas": [0.0, 0.9], "optim.decay": "linear",
-        "n_dis": 5, "batch_size": 64, "g_batch_size": 128, "steps": 200_000, "ema_decay": 0.9999}),
-    "ganqp_dcgan": ("cifar10", "DCGAN", "GANQP", "NoConstraint", "Adam", {
-        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.5, 0.999], "loss.lam": 10.0, "loss.norm": "l2",
-        "n_dis": 2, "batch_size": 64}),
-    "wgan_div_dcgan": ("cifar10", "DCGAN", "WGANDiv", "NoConstraint", "Adam", {
-        "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "loss.k": 2.0, "loss.p": 6.0,
-        "loss.at": "interpolates", "n_dis": 4, "batch_size": 64, "steps": 200_000}),
+    "sngan_cnn_cifar10": ("cifar10", "SNGANCNN", "Hinge", "SpectralNorm", "torch.optim.Adam", {
+        "steps": 100_000, "ema_decay": 0.0}),
+    "wgan_gp_cnn_cifar10": ("cifar10", "SNGANCNN", "WGANGP", "NoConstraint", "torch.optim.Adam", {
+        "loss.weight": 10.0, "steps": 100_000}),
+    "wgan_clip_dcgan": ("cifar10", "DCGAN", "WGAN", "WeightClip", "ganbench.optim.RMSprop", {
+        "constraint.c": 0.01, "model.discriminator.batchnorm": True, "steps": 100_000}),
+    "gngan_cnn_cifar10": ("cifar10", "SNGANCNN", "SGAN", "GradNorm", "torch.optim.Adam", {
+        "loss.saturating": False, "model.discriminator.layout": "chainer", "steps": 200_000, "ema_decay": 0.9999}),
+    "gngan_resnet_cifar10": ("cifar10", "SNGANResNet", "Hinge", "GradNorm", "torch.optim.Adam", {
+        "optim.lr_d": 4e-4, "optim.decay": "linear", "n_dis": 5, "steps": 200_000, "ema_decay": 0.9999}),
+    "ganqp_dcgan": ("cifar10", "DCGAN", "GANQP", "NoConstraint", "torch.optim.Adam", {
+        "loss.lam": 10.0, "loss.norm": "l2", "steps": 100_000}),
+    "wgan_div_dcgan": ("cifar10", "DCGAN", "WGANDiv", "NoConstraint", "torch.optim.Adam", {
+        "loss.k": 2.0, "loss.p": 6.0, "loss.at": "interpolates", "steps": 200_000}),
 }
+SETTING = ("optim.g._target_", "optim.lr_g", "optim.lr_d", "optim.betas", "optim.decay", "n_dis", "critic_schedule",
+           "batch_size", "g_batch_size")
 # The toy presets of the four pairs PacGAN's bar is checked on (scripts/toy_bar.py): loss, constraint, and what
 # each changes of its dataset's shared setting (grid25_study, ring8_study).
 TOY_PAIRS = {
@@ -73,17 +68,37 @@ def test_preset_settings(name):
     assert cfg.model.discriminator._target_ == f"ganbench.models.{model}Discriminator"
     assert cfg.loss._target_ == f"ganbench.losses.{loss}"
     assert cfg.constraint._target_ == f"ganbench.constraints.{constraint}"
-    assert cfg.optim.g._target_ == cfg.optim.d._target_ == f"torch.optim.{optim}"
+    assert cfg.optim.g._target_ == cfg.optim.d._target_ == optim
     for key, expected in values.items():
         got = OmegaConf.select(cfg, key)
         got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
         assert got == expected, (key, got, expected)
     # The optimizers really get the preset's learning rates and betas (interpolated into their nodes).
-    assert cfg.optim.g.lr == values["optim.lr_g"] and cfg.optim.d.lr == values["optim.lr_d"]
-    if "optim.betas" in values:
-        assert list(cfg.optim.d.betas) == values["optim.betas"]
+    assert cfg.optim.g.lr == cfg.optim.lr_g and cfg.optim.d.lr == cfg.optim.lr_d
+    assert list(cfg.optim.d.betas) == list(cfg.optim.betas)
     header = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text().split("defaults:")[0]
     assert "arXiv" in header  # the file names its source
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_paper_presets_train_at_their_pairs_recipe(name):
+    """A paper preset states its training setting once, in its pair's recipe files: `experiment=X` and
+    `loss=L constraint=C recipe=paper` agree on it, up to what the preset lists as its own."""
+    cfg = compose([f"experiment={name}"])
+    recipe = compose([f"loss={_choice(name, 'loss')}", f"constraint={_choice(name, 'constraint')}", "recipe=paper"])
+    own = PRESETS[name][5]
+    for key in SETTING:
+        if key not in own:
+            a, b = OmegaConf.select(cfg, key), OmegaConf.select(recipe, key)
+            assert (OmegaConf.to_container(a) if OmegaConf.is_config(a) else a) == \
+                   (OmegaConf.to_container(b) if OmegaConf.is_config(b) else b), (key, a, b)
+
+
+def _choice(preset: str, group: str) -> str:
+    """The option a preset picks for a group (its `override /group: option` line)."""
+    text = (REPO / "conf" / "experiment" / f"{preset}.yaml").read_text()
+    return next(line.split(":")[1].split("#")[0].strip() for line in text.splitlines()
+                if line.strip().startswith(f"- override /{group}:"))
 
 
 @pytest.mark.parametrize("name", sorted(TOY_PAIRS))
@@ -122,6 +137,6 @@ def test_preset_trains_two_steps(tmp_path, name):
     record = read_metrics(tmp_path)
     assert record["status"] == "completed" and record["step"] == 2
     assert record["config"]["loss"]["_target_"] == cfg.loss._target_
-    assert record["config"]["n_dis"] == PRESETS[name][5]["n_dis"]
+    assert record["config"]["n_dis"] == cfg.n_dis
     for metric in record["config"]["metrics"]["names"]:  # every metric ran, or says why it was skipped
         assert metric in record["metrics"] or "skipped" in record["protocol"][metric], (metric, record["protocol"])

@@ -1,67 +1,61 @@
-"""Recipes (conf/recipe): `recipe=paper` gives each loss and constraint its source's settings; the default
-`recipe=shared` is the one shared setting of conf/train.yaml + conf/optim/adam.yaml for every pair."""
+"""Recipes (conf/recipe): `recipe=paper` gives each loss and constraint its source's setting, one file per method;
+the default `recipe=shared` is the one shared setting of conf/train.yaml + conf/optim/adam.yaml for every pair.
+
+The methods come from conf/loss and conf/constraint; the expected setting of a pair is read from its two recipe
+files (the loss's, then the constraint's on top), so a recipe's values are written once, in its file. The clip
+system, whose optimizer and critic bursts matter for it to train at all, is also checked against its source."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, compose
+import torch
+from conftest import REPO, compose, run_cli
 from omegaconf import OmegaConf
 
 from ganbench import config
+from ganbench.build import build, critic_steps
 
-LOSSES = ("sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan")
-CONSTRAINTS = ("none", "clip", "sn", "gp", "r1", "gn", "gran")
-SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
-          "g_batch_size": None}
-# The sources' values, written out here by hand (the recipe files must reproduce them exactly).
-ADAM_2E4 = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.5, 0.999]}
-LOSS = {
-    "sgan": {**ADAM_2E4, "n_dis": 1, "batch_size": 128, "g_batch_size": None},
-    "wgan": {"n_dis": 5, "batch_size": 64, "g_batch_size": None},
-    "wgan_gp": {"loss.weight": 10.0, "optim.lr_g": 1e-4, "optim.lr_d": 1e-4, "optim.betas": [0.5, 0.9],
-                "n_dis": 5, "batch_size": 64, "g_batch_size": None},
-    "hinge": {**ADAM_2E4, "n_dis": 1, "batch_size": 64, "g_batch_size": 128},
-    "ganqp": {**ADAM_2E4, "n_dis": 2, "batch_size": 64, "g_batch_size": None},
-    "wgan_div": {"loss.k": 2.0, "loss.p": 6.0, "optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9],
-                 "n_dis": 4, "batch_size": 64, "g_batch_size": None},
-    "lsgan": {**ADAM_2E4, "n_dis": 1, "batch_size": 64, "g_batch_size": None},
-}
-CONSTRAINT = {
-    "none": {},
-    "clip": {"constraint.c": 0.01, "optim.lr_g": 5e-5, "optim.lr_d": 5e-5, "optim.betas": [0.0, 0.99],
-             "n_dis": 5, "batch_size": 64, "g_batch_size": None},
-    "sn": {"constraint.n_power_iterations": 1, **ADAM_2E4, "n_dis": 1, "batch_size": 64, "g_batch_size": 128},
-    "gp": {"constraint.weight": 10.0, "optim.lr_g": 1e-4, "optim.lr_d": 1e-4, "optim.betas": [0.5, 0.9],
-           "n_dis": 5, "batch_size": 64, "g_batch_size": None},
-    "r1": {"constraint.gamma": 10.0, "optim.lr_g": 1e-4, "optim.lr_d": 1e-4, "optim.betas": [0.0, 0.99],
-           "n_dis": 1, "batch_size": 64, "g_batch_size": None},
-    "gn": {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
-           "g_batch_size": 128},
-    "gran": {},  # no public code and no verified setting: the loss's recipe alone
-}
-NORMALIZING = ("gn",)  # replaces a loss's own penalty: its setting wins over a penalty loss's too
-PENALTY_LOSSES = ("wgan_gp", "wgan_div")  # Lipschitz methods of their own: their setting wins over the constraint's
+CONF = REPO / "conf"
+LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
+CONSTRAINTS = sorted(p.stem for p in (CONF / "constraint").glob("*.yaml"))
 PAIRS = [(loss, constraint) for loss in LOSSES for constraint in CONSTRAINTS]
+RECIPES = {"loss": CONF / "recipe" / "loss" / "paper", "constraint": CONF / "recipe" / "constraint" / "paper"}
+# What a recipe may set: the training setting. The methods' own knobs (penalty weights, c, ...) are their YAMLs'.
+SETTING = {"optim", "n_dis", "critic_schedule", "batch_size", "g_batch_size"}
+SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
+          "g_batch_size": None, "critic_schedule.burst": 0, "optim.g._target_": "torch.optim.Adam"}
+
+
+def recipe_file(kind: str, name: str):
+    path = RECIPES[kind] / f"{name}.yaml"
+    return OmegaConf.load(path) if path.exists() else OmegaConf.create()
+
+
+def leaves(node, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        out.update(leaves(v, f"{prefix}{k}.") if OmegaConf.is_dict(v) else {f"{prefix}{k}": v})
+    return out
 
 
 def values(cfg, keys):
-    return {k: OmegaConf.select(cfg, k) for k in keys}
+    out = {}
+    for k in keys:
+        v = OmegaConf.select(cfg, k)
+        out[k] = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+    return out
 
 
-def test_tables_cover_every_option():
-    assert set(LOSSES) == {p.stem for p in (REPO / "conf" / "loss").glob("*.yaml")}
-    assert set(CONSTRAINTS) == {p.stem for p in (REPO / "conf" / "constraint").glob("*.yaml")}
-    recipe = REPO / "conf" / "recipe"
-    loss_files = {p.stem for p in (recipe / "loss" / "paper").glob("*.yaml")}
-    penalty_files = {p.stem for p in (recipe / "penalty_loss" / "paper").glob("*.yaml")}
-    assert penalty_files == set(PENALTY_LOSSES) and loss_files | penalty_files == set(LOSS)
-    constraint_files = {p.stem for p in (recipe / "constraint" / "paper").glob("*.yaml")}
-    normalizing_files = {p.stem for p in (recipe / "normalizing" / "paper").glob("*.yaml")}
-    assert normalizing_files == set(NORMALIZING)
-    assert constraint_files | normalizing_files == {k for k, v in CONSTRAINT.items() if v}
-    for path in recipe.rglob("*.yaml"):
-        lines = path.read_text().splitlines()
-        assert lines[0] == "# @package _global_" and len(lines) > 2 and lines[1].startswith("# "), path
+def test_recipe_files_belong_to_a_method_and_name_their_source():
+    assert set(LOSSES).isdisjoint(CONSTRAINTS)  # the two recipe folders never mean the same name
+    for kind, names in (("loss", LOSSES), ("constraint", CONSTRAINTS)):
+        for path in RECIPES[kind].glob("*.yaml"):
+            assert path.stem in names, f"{path} is the recipe of no {kind}"
+            lines = path.read_text().splitlines()
+            assert lines[0] == "# @package _global_" and lines[1].startswith("# "), path
+            assert "arXiv" in path.read_text(), f"{path} names no source"
+            assert set(OmegaConf.load(path).keys()) <= SETTING, f"{path} sets more than the training setting"
+    assert (RECIPES["constraint"] / "clip.yaml").exists() and (RECIPES["loss"] / "wgan_gp.yaml").exists()
 
 
 @pytest.mark.parametrize("loss,constraint", PAIRS)
@@ -70,22 +64,46 @@ def test_shared_default_is_unchanged(loss, constraint):
     shared = compose([f"loss={loss}", f"constraint={constraint}", "recipe=shared"])
     assert plain == shared
     assert values(plain, SHARED) == SHARED
-    assert OmegaConf.select(plain, "optim.g._target_") == "torch.optim.Adam"
 
 
 @pytest.mark.parametrize("loss,constraint", PAIRS)
-def test_paper_recipe_values(loss, constraint):
-    expected = {**LOSS[loss], **CONSTRAINT[constraint]}  # the constraint's setting wins over a plain loss's
-    if loss in PENALTY_LOSSES and constraint not in NORMALIZING:
-        expected = {**CONSTRAINT[constraint], **LOSS[loss]}
+def test_paper_recipe_is_the_loss_file_then_the_constraint_file(loss, constraint):
+    expected = leaves(OmegaConf.merge(recipe_file("loss", loss), recipe_file("constraint", constraint)))
     base = compose([f"loss={loss}", f"constraint={constraint}"])
     cfg = compose([f"loss={loss}", f"constraint={constraint}", "recipe=paper"])
     config.validate(cfg)
-    assert values(cfg, expected) == expected
+    assert values(cfg, expected) == {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                                     for k, v in expected.items()}
     for key in set(SHARED) - set(expected):  # what no source sets stays shared
-        assert OmegaConf.select(cfg, key) == SHARED[key]
-    for key in ("dataset", "model", "metrics", "steps", "seed", "ema_decay"):
-        assert cfg[key] == base[key]
+        assert values(cfg, [key]) == values(base, [key]), key
+    for key in ("dataset", "model", "loss", "constraint", "metrics", "steps", "seed", "ema_decay"):
+        assert cfg[key] == base[key]  # a recipe sets the training setting only
+
+
+def test_the_clip_recipe_is_the_wgan_code_setting():
+    """Arjovsky et al. 2017 Algorithm 1 and martinarjovsky/WassersteinGAN main.py: torch's RMSprop (no momentum,
+    smoothing 0.99) at 5e-5 for both nets, 5 critic steps, 100 for the first 25 G steps and every 500th, batch 64."""
+    cfg = compose(["loss=wgan", "constraint=clip", "recipe=paper", "device=cpu", "model.generator.ch=8",
+                   "model.discriminator.ch=8"])
+    r = build(cfg, torch.device("cpu"))
+    for opt in (r.opt_g, r.opt_d):
+        assert isinstance(opt, torch.optim.RMSprop)
+        group = opt.param_groups[0]
+        assert (group["lr"], group["momentum"], group["alpha"], group["centered"]) == (5e-5, 0.0, 0.99, False)
+    assert cfg.constraint.c == 0.01 and cfg.batch_size == 64
+    assert [critic_steps(cfg, s) for s in (0, 24, 25, 26, 499, 500, 501, 1000)] == [100, 100, 5, 5, 5, 100, 5, 100]
+    assert sum(critic_steps(cfg, s) for s in range(4000)) == 25 * 100 + 7 * 100 + (4000 - 32) * 5
+
+
+def test_critic_schedule_is_off_by_default_and_for_every_other_pair():
+    cfg = compose(["loss=wgan", "constraint=clip"])
+    assert {critic_steps(cfg, s) for s in range(1001)} == {1}
+    cfg = compose(["loss=hinge", "n_dis=2", "critic_schedule.burst=7", "critic_schedule.first=2",
+                   "critic_schedule.every=0"])
+    assert [critic_steps(cfg, s) for s in (0, 1, 2, 500, 1000)] == [7, 7, 2, 2, 2]
+    for loss, constraint in PAIRS:
+        if constraint != "clip":
+            assert compose([f"loss={loss}", f"constraint={constraint}", "recipe=paper"]).critic_schedule.burst == 0
 
 
 def test_overrides_and_presets_beat_the_recipe():
@@ -93,10 +111,16 @@ def test_overrides_and_presets_beat_the_recipe():
     assert cfg.n_dis == 3 and cfg.optim.lr_d == 3e-4 and cfg.optim.lr_g == 1e-4
     cfg = compose(["recipe=paper", "experiment=gngan_resnet_cifar10"])
     assert cfg.n_dis == 5 and cfg.optim.lr_d == 4e-4 and cfg.optim.decay == "linear"
+    cfg = compose(["loss=wgan", "constraint=clip", "recipe=paper", "critic_schedule.burst=0",
+                   "optim.g._target_=torch.optim.Adam", "optim.d._target_=torch.optim.Adam"])
+    assert cfg.critic_schedule.burst == 0 and cfg.optim.d._target_ == "torch.optim.Adam"
 
 
-def test_paper_recipe_with_torch_rmsprop():
-    cfg = compose(["loss=wgan", "constraint=clip", "recipe=paper", "optim=rmsprop"])
-    config.validate(cfg)
-    assert OmegaConf.select(cfg, "optim.d._target_") == "torch.optim.RMSprop"
-    assert cfg.optim.lr_d == 5e-5 and cfg.n_dis == 5 and "betas" not in cfg.optim.d
+def test_cfg_job_shows_the_recipe(tmp_path):
+    """What a user types to see a recipe: the optimizer it switches to and its critic bursts are in the printout."""
+    out = run_cli(["train", "loss=wgan", "constraint=clip", "recipe=paper", "--cfg", "job"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    job = OmegaConf.create(out.stdout)
+    assert job.optim.d._target_ == "ganbench.optim.RMSprop" and job.optim.lr_d == 5e-5
+    assert (job.n_dis, job.critic_schedule.burst, job.critic_schedule.first, job.critic_schedule.every) == (5, 100, 25,
+                                                                                                            500)

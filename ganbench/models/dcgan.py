@@ -2,8 +2,10 @@
 
 Initialisation: conv / linear weights ~ N(0, 0.02) as in the paper (§4), biases 0, and BatchNorm γ ~ N(1, 0.02),
 which is the PyTorch DCGAN example's (pytorch/examples ``dcgan/main.py``), not the paper's (§4 names only the weights).
-Deliberate differences from the paper: 4×4 kernels at 32×32 (the paper: 64×64), a linear projection of z, and no
-BatchNorm in D (ganbench's D carries no normalisation; constraints add it).
+Deliberate differences from the paper: 4×4 kernels at 32×32 (the paper: 64×64) and a linear projection of z. D has
+no BatchNorm by default (gradient penalties and gradient normalisation take per-sample input gradients, which
+BatchNorm couples across the batch); ``batchnorm=True`` gives the paper's D, BatchNorm after every conv but the
+first, as in the WGAN code (martinarjovsky/WassersteinGAN ``models/dcgan.py``).
 """
 
 import torch
@@ -45,15 +47,25 @@ class DCGANGenerator(GeneratorBase):
 
 
 class DCGANDiscriminator(nn.Module):
-    """x → Conv 4×4 s2 to ch, 2ch, 4ch (LeakyReLU 0.2 each, no BatchNorm) → Linear(4·4·4ch → 1); (N,) scores."""
+    """x → Conv 4×4 s2 to ch, 2ch, 4ch (LeakyReLU 0.2 each) → Linear(4·4·4ch → 1); (N,) scores.
 
-    def __init__(self, in_shape, ch: int = 64):
+    ``batchnorm=True``: BatchNorm after the second and third conv (their bias dropped, BatchNorm's shift replaces
+    it), as in the DCGAN and WGAN papers' critics. Each call normalises over the batch it is given, so D(real) and
+    D(fake) are normalised separately, as in the WGAN code.
+    """
+
+    def __init__(self, in_shape, ch: int = 64, batchnorm: bool = False):
         super().__init__()
         self.in_shape = image_shape(in_shape, "dcgan")
+
+        def down(c_in: int, c_out: int, norm: bool) -> list[nn.Module]:
+            conv = nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)
+            return [conv, nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)] if norm else [conv, nn.LeakyReLU(0.2)]
+
         self.net = nn.Sequential(
-            nn.Conv2d(self.in_shape[0], ch, 4, 2, 1), nn.LeakyReLU(0.2),  # 16×16
-            nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.LeakyReLU(0.2),  # 8×8
-            nn.Conv2d(ch * 2, ch * 4, 4, 2, 1), nn.LeakyReLU(0.2),  # 4×4
+            *down(self.in_shape[0], ch, False),  # 16×16
+            *down(ch, ch * 2, batchnorm),  # 8×8
+            *down(ch * 2, ch * 4, batchnorm),  # 4×4
             nn.Flatten(), nn.Linear(4 * 4 * ch * 4, 1),
         )  # fmt: skip
         dcgan_init(self)
