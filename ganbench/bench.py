@@ -41,6 +41,7 @@ from torch import nn
 
 from ganbench import config, fastpath
 from ganbench.build import build, lr_schedulers, make, resolve_device
+from ganbench.constraints import GradientPenalty
 from ganbench.errors import GanbenchError
 from ganbench.train import train_iteration
 
@@ -169,7 +170,7 @@ def ganbench_loop(cfg: DictConfig, device: torch.device, status: list[str]) -> C
     """ganbench's iteration as `ganbench train` builds it, plus the loop's device-side running sums."""
     r = build(cfg, device)
     Dw = r.constraint.wrap(r.D)
-    penalties = r.constraint.run_penalties(r.loss.penalties)
+    penalties = r.constraint.run_penalties(r.loss)
     iteration = fastpath.make_iteration(r, partial(train_iteration, r, Dw, penalties), cfg, log)
     sums: dict[str, torch.Tensor] = {}
 
@@ -224,9 +225,8 @@ class ReferenceLoop:
             self.G_ema = make(cfg.model.generator, "generator", out_shape=shape).to(device).requires_grad_(False)
             self.G_ema.load_state_dict(self.G.state_dict())
         self.noise_std = float(cfg.instance_noise.std)
-        self.gp = [(float(node.weight), bool(node.one_sided)) for node, used in
-                   ((cfg.loss, loss == "wgan_gp" and constraint not in ("gn", "gran")),
-                    (cfg.constraint, constraint == "gp")) if used]  # GN/GraN replace the loss's GP
+        runs = make(cfg.constraint, "constraint").run_penalties(make(cfg.loss, "loss"))  # ganbench's rule, asked
+        self.gp = [(p.weight, p.one_sided) for p in runs if isinstance(p, GradientPenalty)]
 
     def noised(self, x: torch.Tensor) -> torch.Tensor:
         """x + σε, as a repo with instance noise writes it (σ held at instance_noise.std); x itself without."""

@@ -1,7 +1,22 @@
-"""Lipschitz constraints on D: one protocol, four hooks, no name checks in the loop.
+"""Lipschitz constraints on D: one protocol, four hooks, and the home of every penalty.
 
 ``prepare(D)`` acts once at build time (SN), ``wrap(D)`` returns the critic used in both D and G steps (GN, GraN),
-``penalties`` are added to L_D (GP, R1), ``after_d_step(D)`` runs after each D optimizer step (clip).
+``penalties`` are added to L_D (GP, R1), ``after_d_step(D)`` runs after each D optimizer step (clip). A penalty is
+``penalty(D, Dw, real, fake) -> LossTerms``: ``D`` is the module, so a penalty can read its weights (an orthogonality
+penalty on ``D.parameters()``), and ``Dw`` the critic the loss sees, for penalties on its input gradients (GP, R1).
+
+Losses published with a penalty (WGAN-GP, WGAN-div) are a loss class that declares it: ``WGANGP`` is the WGAN loss
+with ``penalty = GradientPenalty(weight, one_sided)``, built from ``conf/loss/wgan_gp.yaml``'s keys. The loss never
+computes it; the constraint decides, once per run, which penalties run (:meth:`Constraint.run_penalties`): the
+loss's, then its own. So ``loss=wgan_gp`` runs exactly what ``loss=wgan constraint=gp`` runs, in the same order and
+with the same random draws (the same run bit for bit), the command line and the ``loss.weight`` users pass stay as
+they are, and the config, hence the resume identity, of earlier runs is unchanged. Composing a ``gp`` constraint from
+the loss YAML instead would move ``loss.weight`` and need a second constraint slot.
+
+A constraint that replaces D's output by a self-normalised critic (:class:`NormalizedCritic`: GN, GraN) replaces the
+loss's penalty instead of adding to it (why: :class:`GradNorm`). The rule and the line that announces it
+(:meth:`Constraint.note`), and the warning for a pairing that cannot train (:meth:`Constraint.warning`), are methods of
+the classes: the loop and the bench ask the objects and never check a name.
 """
 
 from __future__ import annotations
@@ -14,41 +29,164 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ganbench import methods
 from ganbench.errors import GanbenchError
-from ganbench.losses import R1, GradientPenalty, Penalty, input_grad
+from ganbench.terms import LossTerms, check
+
+Critic = Callable[[Tensor], Tensor]
 
 
-class Constraint:
-    """Base class: every hook is a no-op.
+def _requiring_grad(x: Tensor) -> Tensor:
+    """``x`` itself if it already requires grad (keeps the graph to G), else a detached copy that does."""
+    return x if x.requires_grad else x.detach().requires_grad_(True)
 
-    ``normalizes_critic`` marks a constraint whose wrapper divides f's output by f's own input gradient (GN, GraN).
-    Such a constraint takes the role of a loss's own Lipschitz penalty (``loss=wgan_gp``, ``loss=wgan_div``): that
-    penalty is not applied (:meth:`run_penalties`; why: :class:`GradNorm`), and :func:`stacking_note` says so.
+
+def input_grad(Dw: Critic, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Scores ``Dw(x)`` and their per-sample input gradient flattened to (N, -1), with ``create_graph=True``."""
+    x = _requiring_grad(x)
+    out = Dw(x)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return out, grad.flatten(1)
+
+
+def _interpolates(real: Tensor, fake: Tensor) -> Tensor:
+    """x̂ = εx + (1−ε)fake, ε~U[0,1] per sample: exactly one ``torch.rand`` call on the global RNG."""
+    eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    return eps * real + (1 - eps) * fake
+
+
+# Penalties -----------------------------------------------------------------------------------------------------
+
+
+class Penalty:
+    """A regularizer of D added to L_D: ``penalty(D, Dw, real, fake) -> LossTerms`` (fake is already detached).
+
+    ``D`` is the discriminator module (its weights), ``Dw`` the critic the loss sees (D, or GN's/GraN's wrapper).
+    ``name`` names its logged parts (``penalty/NAME``).
     """
 
     name: str = ""
+
+    def __call__(self, D: nn.Module, Dw: Critic, real: Tensor, fake: Tensor) -> LossTerms:
+        raise NotImplementedError
+
+
+class GradientPenalty(Penalty):
+    """WGAN-GP penalty, Gulrajani et al. 2017, arXiv 1704.00028.
+
+    weight · E(‖∇D(x̂)‖₂ − 1)² on x̂ = εx + (1−ε)G(z), ε~U[0,1] per sample; ``one_sided`` uses
+    max(0, ‖∇D(x̂)‖₂ − 1)². Defaults: weight=10, one_sided=False.
+    """
+
+    name = "gp"
+
+    def __init__(self, weight: float = 10.0, one_sided: bool = False):
+        check(weight >= 0, f"gradient penalty weight must be >= 0, got {weight}.")
+        self.weight, self.one_sided = weight, one_sided
+
+    def __call__(self, D, Dw, real, fake):
+        _, grad = input_grad(Dw, _interpolates(real, fake))
+        norm = grad.norm(dim=1)
+        gap = (norm - 1).clamp_min(0) if self.one_sided else norm - 1
+        total = self.weight * gap.square().mean()
+        return LossTerms(total, {"penalty/gp": total.detach(), "grad_norm/gp": norm.detach().mean()})
+
+
+class R1(Penalty):
+    """R1 penalty, Mescheder et al. 2018, arXiv 1801.04406: (γ/2) E‖∇D(x)‖² on real samples. Default γ=10."""
+
+    name = "r1"
+
+    def __init__(self, gamma: float = 10.0):
+        check(gamma >= 0, f"r1 gamma must be >= 0, got {gamma}.")
+        self.gamma = gamma
+
+    def __call__(self, D, Dw, real, fake):
+        _, grad = input_grad(Dw, real)
+        sq = grad.square().sum(dim=1)
+        total = self.gamma / 2 * sq.mean()
+        return LossTerms(total, {"penalty/r1": total.detach(), "grad_norm/r1": sq.detach().sqrt().mean()})
+
+
+class DivergencePenalty(Penalty):
+    """WGAN-div penalty, Wu et al. ECCV 2018, arXiv 1712.01026: k · E‖∇D(x̂)‖^p.
+
+    ``at="interpolates"`` (official TF code): x̂ = εx + (1−ε)G(z), ε~U[0,1] per sample.
+    ``at="real_fake"`` (bojone Keras code): (k/2)·(E‖∇D(x)‖^p + E‖∇D(G(z))‖^p).
+    Defaults: k=2, p=6, at="interpolates".
+    """
+
+    name = "div"
+    _AT = ("interpolates", "real_fake")
+
+    def __init__(self, k: float = 2.0, p: float = 6.0, at: str = "interpolates"):
+        check(at in self._AT, f"wgan_div 'at' must be one of {self._AT}, got {at!r}.")
+        check(k >= 0 and p > 0, f"wgan_div needs k >= 0 and p > 0, got k={k}, p={p}.")
+        self.k, self.p, self.at = k, p, at
+
+    def _sq_norms(self, Dw: Critic, x: Tensor) -> Tensor:
+        return input_grad(Dw, x)[1].square().sum(dim=1)
+
+    def __call__(self, D, Dw, real, fake):
+        if self.at == "interpolates":
+            sq = self._sq_norms(Dw, _interpolates(real, fake))
+            total = self.k * sq.pow(self.p / 2).mean()
+        else:
+            sq_r, sq_f = self._sq_norms(Dw, real), self._sq_norms(Dw, fake)
+            total = self.k / 2 * (sq_r.pow(self.p / 2).mean() + sq_f.pow(self.p / 2).mean())
+            sq = torch.cat([sq_r, sq_f])
+        return LossTerms(total, {"penalty/div": total.detach(), "grad_norm/div": sq.detach().sqrt().mean()})
+
+
+# Constraints ---------------------------------------------------------------------------------------------------
+
+
+class Constraint:
+    """Base class: every hook is a no-op; a loss's own penalty runs, then ``penalties``.
+
+    ``loss`` arguments are :class:`ganbench.losses.Loss` objects: ``loss.penalty`` is the penalty the loss was
+    published with, or None.
+    """
+
     penalties: tuple[Penalty, ...] = ()
     has_after_d_step: bool = False
-    normalizes_critic: bool = False
 
-    def run_penalties(self, loss_penalties: tuple[Penalty, ...]) -> tuple[Penalty, ...]:
-        """The penalties added to L_D: the loss's own, then this constraint's; only its own if it normalises D."""
-        return tuple(self.penalties) if self.normalizes_critic else tuple(loss_penalties) + tuple(self.penalties)
+    def run_penalties(self, loss) -> tuple[Penalty, ...]:
+        """The penalties added to L_D in a run with ``loss``: the loss's own, then this constraint's."""
+        return ((loss.penalty,) if loss.penalty else ()) + tuple(self.penalties)
+
+    def note(self, loss) -> str | None:
+        """One line for the start of a run when the loss's own penalty meets this constraint's; else None."""
+        if not (loss.penalty and self.penalties):
+            return None
+        name, cname, plain = _names(loss, self)
+        own, extra = loss.penalty.name, "+".join(p.name for p in self.penalties)
+        return (f"loss={name} + constraint={cname}: {name}'s own {own} penalty and the constraint's {extra} penalty "
+                f"are both added to L_D; plain variants: loss={plain} constraint={cname}, or loss={name} "
+                f"constraint=none.")
+
+    def warning(self, loss) -> str | None:
+        """One warning line for the start of a run whose pairing with ``loss`` cannot train; else None."""
+        return None
 
     def prepare(self, D: nn.Module) -> nn.Module:
         return D
 
-    def wrap(self, D: nn.Module) -> Callable[[Tensor], Tensor]:
+    def wrap(self, D: nn.Module) -> Critic:
         return D
 
     def after_d_step(self, D: nn.Module) -> None:
         pass
 
 
+def _names(loss, constraint: Constraint) -> tuple[str, str, str]:
+    """The loss's and the constraint's option names, and the loss's without its penalty (its nearest base's)."""
+    plain = methods.base_name(type(loss), "loss", keep=lambda c: getattr(c, "penalty", None) is None)
+    return methods.name_of(loss, "loss"), methods.name_of(constraint, "constraint"), plain or "its base loss"
+
+
 class NoConstraint(Constraint):
     """No constraint (``constraint=none``): D is used as is."""
-
-    name = "none"
 
 
 class WeightClip(Constraint):
@@ -57,7 +195,6 @@ class WeightClip(Constraint):
     Default c=0.01 (the paper pairs it with RMSProp, lr 5e-5).
     """
 
-    name = "clip"
     has_after_d_step = True
 
     def __init__(self, c: float = 0.01):
@@ -78,7 +215,6 @@ class SpectralNorm(Constraint):
     are reshaped to (out, in·kh·kw) (torch's ``spectral_norm`` does this, dim=1 for transposed convs).
     """
 
-    name = "sn"
     _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
     def __init__(self, n_power_iterations: int = 1):
@@ -99,16 +235,12 @@ class GradientPenaltyConstraint(Constraint):
     ``one_sided`` uses max(0, ‖∇D(x̂)‖₂ − 1)². Defaults: weight=10, one_sided=False.
     """
 
-    name = "gp"
-
     def __init__(self, weight: float = 10.0, one_sided: bool = False):
         self.penalties = (GradientPenalty(weight, one_sided),)
 
 
 class R1Constraint(Constraint):
     """R1, Mescheder et al. 2018, arXiv 1801.04406: + (γ/2) E‖∇D(x)‖² on real samples. Default γ=10."""
-
-    name = "r1"
 
     def __init__(self, gamma: float = 10.0):
         self.penalties = (R1(gamma),)
@@ -135,7 +267,26 @@ def gran_normalize(D: Callable[[Tensor], Tensor], x: Tensor, K: float, eps: floa
     return out if torch.is_grad_enabled() else out.detach()
 
 
-class GradNorm(Constraint):
+class NormalizedCritic(Constraint):
+    """A constraint whose critic divides f's output by f's own input gradient (GN, GraN).
+
+    It takes the role of the loss's own Lipschitz penalty (``loss=wgan_gp``, ``loss=wgan_div``): that penalty is not
+    applied, only this constraint's own (why: :class:`GradNorm`), and the start of the run says so.
+    """
+
+    def run_penalties(self, loss) -> tuple[Penalty, ...]:
+        return tuple(self.penalties)
+
+    def note(self, loss) -> str | None:
+        if not loss.penalty:
+            return None
+        name, cname, plain = _names(loss, self)
+        return (f"loss={name} + constraint={cname}: {cname} normalises the critic and replaces {name}'s own "
+                f"{loss.penalty.name} penalty, which is not applied: this run is loss={plain} constraint={cname}; "
+                f"for {name} alone: loss={name} constraint=none.")
+
+
+class GradNorm(NormalizedCritic):
     """Gradient normalization (GN-GAN), Wu et al. ICCV 2021, arXiv 2109.02235; ref. basiclab/GNGAN-PyTorch.
 
                           f(x)
@@ -159,14 +310,11 @@ class GradNorm(Constraint):
       the normalised output) does the same; this is a property of GN, not a bug.
     """
 
-    name = "gn"
-    normalizes_critic = True
-
-    def wrap(self, D: nn.Module) -> Callable[[Tensor], Tensor]:
+    def wrap(self, D: nn.Module) -> Critic:
         return partial(grad_normalize, D)
 
 
-class GraN(Constraint):
+class GraN(NormalizedCritic):
     """Piecewise gradient normalization (GraN-GAN), Bhaskara et al. WACV 2022, arXiv 2111.03162 (no public code).
 
         D̂(x) = K · f(x)·‖∇ₓf(x)‖ / (‖∇ₓf(x)‖² + ε)
@@ -187,52 +335,19 @@ class GraN(Constraint):
       SN-GAN CNN's D at init has ‖∇f‖² ≈ 7e-6, so GraN starts there until D grows its own scale).
     """
 
-    name = "gran"
-    normalizes_critic = True  # D̂ ≈ K·f/‖∇f‖, ‖∇D̂‖ ≈ K: GraN, like GN, replaces a loss's own Lipschitz penalty
-
     def __init__(self, K: float = 1.0, eps: float = 1e-4):
         if not (K > 0 and eps > 0):
             raise GanbenchError(f"gran needs K > 0 and eps > 0, got K={K}, eps={eps}.")
         self.K, self.eps = K, eps
 
-    def wrap(self, D: nn.Module) -> Callable[[Tensor], Tensor]:
+    def wrap(self, D: nn.Module) -> Critic:
         return partial(gran_normalize, D, K=self.K, eps=self.eps)
 
-
-def stacking_note(loss, constraint: Constraint) -> str | None:
-    """One line for the start of a run when a loss carrying its own penalty meets another gradient constraint.
-
-    ``loss`` is a :class:`ganbench.losses.Loss`; returns None when nothing stacks (the loss has no penalty, or the
-    constraint neither adds a penalty nor normalises the critic: none, clip, sn). The line says what runs and the
-    command of the plain variant.
-    """
-    if not loss.penalties or not (constraint.penalties or constraint.normalizes_critic):
-        return None
-    name = loss.name or type(loss).__name__.lower()
-    cname = constraint.name or type(constraint).__name__.lower()
-    own = "+".join(p.name for p in loss.penalties)
-    plain = loss.plain or "its base loss"
-    if constraint.normalizes_critic:
-        return (f"loss={name} + constraint={cname}: {cname} normalises the critic and replaces {name}'s own {own} "
-                f"penalty, which is not applied: this run is loss={plain} constraint={cname}; for {name} alone: "
-                f"loss={name} constraint=none.")
-    extra = "+".join(p.name for p in constraint.penalties)
-    return (f"loss={name} + constraint={cname}: {name}'s own {own} penalty and the constraint's {extra} penalty are "
-            f"both added to L_D; plain variants: loss={plain} constraint={cname}, or loss={name} constraint=none.")
-
-
-# Pairings the reference audit found to fail by construction (docs/RESULTS.md, "Reference audit").
-UNBOUNDED_UNDER_GRAN = ("wgan", "wgan_gp", "wgan_div")
-
-
-def pairing_warning(loss, constraint: Constraint) -> str | None:
-    """One warning line for the start of a run whose loss × constraint pairing cannot train, or None.
-
-    GraN bounds the critic's slope only inside each linear piece; a WGAN-type loss (linear in D̂, no upper bound)
-    then grows the jumps between pieces without limit, and K only rescales gradients, which Adam divides out.
-    """
-    if constraint.name == "gran" and loss.name in UNBOUNDED_UNDER_GRAN:
-        return (f"loss={loss.name} + constraint=gran cannot train: GraN bounds the critic only piecewise and a "
+    def warning(self, loss) -> str | None:
+        """A loss linear in the critic's scores (WGAN-type) cannot train under GraN's piecewise bound."""
+        if not loss.linear_in_critic:
+            return None
+        name, cname = methods.name_of(loss, "loss"), methods.name_of(self, "constraint")
+        return (f"loss={name} + constraint={cname} cannot train: GraN bounds the critic only piecewise and a "
                 f"WGAN-type loss is unbounded, so the critic diverges (K does not help under Adam); use loss=hinge "
                 f"or sgan with gran, or constraint=gn.")
-    return None

@@ -1,151 +1,34 @@
-"""GAN losses and the gradient penalties they share with constraints.
+"""GAN losses: L_D and L_G on D's scores, one or two lines each with their formula.
 
-Convention: D outputs a raw score per sample, higher = more real; ``E`` is the batch mean. Losses and penalties
-are pure: they never own G, D or optimizers and never call ``backward()`` (``step.py`` does, once). Every method
-returns a :class:`LossTerms`; ``parts`` hold detached, path-style named scalars for logging.
+Convention: D outputs a raw score per sample, higher = more real; ``E`` is the batch mean. Losses are pure: they
+never own G, D or optimizers and never call ``backward()`` (``step.py`` does, once). Every method returns a
+:class:`LossTerms`; ``parts`` hold detached, path-style named scalars for logging. A loss published with a penalty
+(WGAN-GP, WGAN-div) declares it as ``penalty``; the penalty lives in ``constraints.py`` and the constraint decides
+whether it runs (see that module).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ganbench.errors import GanbenchError
+from ganbench.constraints import DivergencePenalty, GradientPenalty, Penalty
+from ganbench.terms import LossTerms, check, summed
 
-Critic = Callable[[Tensor], Tensor]
-
-
-@dataclass
-class LossTerms:
-    """A differentiable scalar ``total`` and named scalar ``parts`` for logging (e.g. ``"d/real"``)."""
-
-    total: Tensor
-    parts: dict[str, Tensor]
-
-
-def _terms(parts: dict[str, Tensor]) -> LossTerms:
-    """Total = sum of the parts (in insertion order); parts are stored detached."""
-    total = sum(parts.values())
-    return LossTerms(total, {k: v.detach() for k, v in parts.items()})
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise GanbenchError(message)
-
-
-def _requiring_grad(x: Tensor) -> Tensor:
-    """``x`` itself if it already requires grad (keeps the graph to G), else a detached copy that does."""
-    return x if x.requires_grad else x.detach().requires_grad_(True)
-
-
-def input_grad(Dw: Critic, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Scores ``Dw(x)`` and their per-sample input gradient flattened to (N, -1), with ``create_graph=True``."""
-    x = _requiring_grad(x)
-    out = Dw(x)
-    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    return out, grad.flatten(1)
-
-
-def _interpolates(real: Tensor, fake: Tensor) -> Tensor:
-    """x̂ = εx + (1−ε)fake, ε~U[0,1] per sample: exactly one ``torch.rand`` call on the global RNG."""
-    eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
-    return eps * real + (1 - eps) * fake
-
-
-# Penalties -----------------------------------------------------------------------------------------------------
-
-
-class Penalty:
-    """A regularizer of D added to L_D: ``penalty(Dw, real, fake) -> LossTerms`` (fake is already detached)."""
-
-    name: str = ""
-
-    def __call__(self, Dw: Critic, real: Tensor, fake: Tensor) -> LossTerms:
-        raise NotImplementedError
-
-
-class GradientPenalty(Penalty):
-    """WGAN-GP penalty, Gulrajani et al. 2017, arXiv 1704.00028.
-
-    weight · E(‖∇D(x̂)‖₂ − 1)² on x̂ = εx + (1−ε)G(z), ε~U[0,1] per sample; ``one_sided`` uses
-    max(0, ‖∇D(x̂)‖₂ − 1)². Defaults: weight=10, one_sided=False.
-    """
-
-    name = "gp"
-
-    def __init__(self, weight: float = 10.0, one_sided: bool = False):
-        _check(weight >= 0, f"gradient penalty weight must be >= 0, got {weight}.")
-        self.weight, self.one_sided = weight, one_sided
-
-    def __call__(self, Dw: Critic, real: Tensor, fake: Tensor) -> LossTerms:
-        _, grad = input_grad(Dw, _interpolates(real, fake))
-        norm = grad.norm(dim=1)
-        gap = (norm - 1).clamp_min(0) if self.one_sided else norm - 1
-        total = self.weight * gap.square().mean()
-        return LossTerms(total, {"penalty/gp": total.detach(), "grad_norm/gp": norm.detach().mean()})
-
-
-class R1(Penalty):
-    """R1 penalty, Mescheder et al. 2018, arXiv 1801.04406: (γ/2) E‖∇D(x)‖² on real samples. Default γ=10."""
-
-    name = "r1"
-
-    def __init__(self, gamma: float = 10.0):
-        _check(gamma >= 0, f"r1 gamma must be >= 0, got {gamma}.")
-        self.gamma = gamma
-
-    def __call__(self, Dw: Critic, real: Tensor, fake: Tensor) -> LossTerms:
-        _, grad = input_grad(Dw, real)
-        sq = grad.square().sum(dim=1)
-        total = self.gamma / 2 * sq.mean()
-        return LossTerms(total, {"penalty/r1": total.detach(), "grad_norm/r1": sq.detach().sqrt().mean()})
-
-
-class DivergencePenalty(Penalty):
-    """WGAN-div penalty, Wu et al. ECCV 2018, arXiv 1712.01026: k · E‖∇D(x̂)‖^p.
-
-    ``at="interpolates"`` (official TF code): x̂ = εx + (1−ε)G(z), ε~U[0,1] per sample.
-    ``at="real_fake"`` (bojone Keras code): (k/2)·(E‖∇D(x)‖^p + E‖∇D(G(z))‖^p).
-    Defaults: k=2, p=6, at="interpolates".
-    """
-
-    name = "div"
-    _AT = ("interpolates", "real_fake")
-
-    def __init__(self, k: float = 2.0, p: float = 6.0, at: str = "interpolates"):
-        _check(at in self._AT, f"wgan_div 'at' must be one of {self._AT}, got {at!r}.")
-        _check(k >= 0 and p > 0, f"wgan_div needs k >= 0 and p > 0, got k={k}, p={p}.")
-        self.k, self.p, self.at = k, p, at
-
-    def _sq_norms(self, Dw: Critic, x: Tensor) -> Tensor:
-        return input_grad(Dw, x)[1].square().sum(dim=1)
-
-    def __call__(self, Dw: Critic, real: Tensor, fake: Tensor) -> LossTerms:
-        if self.at == "interpolates":
-            sq = self._sq_norms(Dw, _interpolates(real, fake))
-            total = self.k * sq.pow(self.p / 2).mean()
-        else:
-            sq_r, sq_f = self._sq_norms(Dw, real), self._sq_norms(Dw, fake)
-            total = self.k / 2 * (sq_r.pow(self.p / 2).mean() + sq_f.pow(self.p / 2).mean())
-            sq = torch.cat([sq_r, sq_f])
-        return LossTerms(total, {"penalty/div": total.detach(), "grad_norm/div": sq.detach().sqrt().mean()})
+__all__ = ["GANQP", "LSGAN", "SGAN", "WGAN", "WGANDiv", "WGANGP", "Hinge", "Loss", "LossTerms"]
 
 
 # Losses --------------------------------------------------------------------------------------------------------
 
 
 class Loss:
-    """Base class: ``d_loss`` and ``g_loss`` on scores of shape (N,); ``penalties`` are added to L_D by the loop."""
+    """Base class: ``d_loss`` and ``g_loss`` on scores of shape (N,)."""
 
-    name: str = ""  # the conf/loss file that builds it
-    plain: str = ""  # for a loss that carries its own penalty: the same loss without it
-    penalties: tuple[Penalty, ...] = ()
+    penalty: Penalty | None = None  # the penalty the loss was published with; the constraint decides if it runs
+    linear_in_critic: bool = False  # L_D is linear in D's scores (WGAN-type): any growth of the score gap pays
     g_uses_real: bool = False  # the loop passes d_real (detached) to g_loss
     uses_images: bool = False  # the loss reads the real/fake images, not only the scores
 
@@ -164,17 +47,15 @@ class SGAN(Loss):
     E log(1 − σ(D(G(z)))) = −E softplus(D(G(z))).
     """
 
-    name = "sgan"
-
     def __init__(self, saturating: bool = False):
         self.saturating = saturating
 
     def d_loss(self, d_real, d_fake, real, fake):
-        return _terms({"d/real": F.softplus(-d_real).mean(), "d/fake": F.softplus(d_fake).mean()})
+        return summed({"d/real": F.softplus(-d_real).mean(), "d/fake": F.softplus(d_fake).mean()})
 
     def g_loss(self, d_fake, d_real=None, real=None, fake=None):
         g = -F.softplus(d_fake).mean() if self.saturating else F.softplus(-d_fake).mean()
-        return _terms({"g/fake": g})
+        return summed({"g/fake": g})
 
 
 class WGAN(Loss):
@@ -183,39 +64,36 @@ class WGAN(Loss):
     Needs a Lipschitz constraint (clip, sn, gp, gn, ...) to be meaningful.
     """
 
-    name = "wgan"
+    linear_in_critic = True
 
     def d_loss(self, d_real, d_fake, real, fake):
-        return _terms({"d/real": -d_real.mean(), "d/fake": d_fake.mean()})
+        return summed({"d/real": -d_real.mean(), "d/fake": d_fake.mean()})
 
     def g_loss(self, d_fake, d_real=None, real=None, fake=None):
-        return _terms({"g/fake": -d_fake.mean()})
+        return summed({"g/fake": -d_fake.mean()})
 
 
 class WGANGP(WGAN):
     """WGAN-GP, Gulrajani et al. 2017, arXiv 1704.00028: WGAN + weight·E(‖∇D(x̂)‖₂ − 1)² on interpolates.
 
-    Same as ``loss=wgan constraint=gp`` (identical RNG use). Defaults: weight=10, one_sided=False.
-    A constraint that normalises the critic's output (``constraint=gn`` or ``gran``) replaces the penalty: the run
-    is ``loss=wgan`` with that constraint (see :class:`ganbench.constraints.GradNorm` for why).
+    The WGAN loss declaring :class:`~ganbench.constraints.GradientPenalty`: the same run as ``loss=wgan
+    constraint=gp``, bit for bit. Defaults: weight=10, one_sided=False. A constraint that normalises the critic
+    (``constraint=gn`` or ``gran``) replaces the penalty: the run is ``loss=wgan`` with that constraint.
     """
 
-    name, plain = "wgan_gp", "wgan"
-
     def __init__(self, weight: float = 10.0, one_sided: bool = False):
-        self.penalties = (GradientPenalty(weight, one_sided),)
+        self.penalty = GradientPenalty(weight, one_sided)
 
 
 class WGANDiv(WGAN):
-    """WGAN-div, Wu et al. ECCV 2018, arXiv 1712.01026: WGAN + k·E‖∇D(x̂)‖^p (see :class:`DivergencePenalty`).
+    """WGAN-div, Wu et al. ECCV 2018, arXiv 1712.01026: the WGAN loss declaring k·E‖∇D(x̂)‖^p.
 
-    Defaults: k=2, p=6, at="interpolates". ``constraint=gn``/``gran`` replace the penalty (as for WGAN-GP).
+    See :class:`~ganbench.constraints.DivergencePenalty`. Defaults: k=2, p=6, at="interpolates". ``constraint=gn``
+    or ``gran`` replace the penalty (as for WGAN-GP).
     """
 
-    name, plain = "wgan_div", "wgan"
-
     def __init__(self, k: float = 2.0, p: float = 6.0, at: str = "interpolates"):
-        self.penalties = (DivergencePenalty(k, p, at),)
+        self.penalty = DivergencePenalty(k, p, at)
 
 
 class Hinge(Loss):
@@ -225,13 +103,11 @@ class Hinge(Loss):
     With ``constraint=gn`` (|D̂| < 1) both relus are always active, so hinge + gn = wgan + gn + 2, step for step.
     """
 
-    name = "hinge"
-
     def d_loss(self, d_real, d_fake, real, fake):
-        return _terms({"d/real": F.relu(1 - d_real).mean(), "d/fake": F.relu(1 + d_fake).mean()})
+        return summed({"d/real": F.relu(1 - d_real).mean(), "d/fake": F.relu(1 + d_fake).mean()})
 
     def g_loss(self, d_fake, d_real=None, real=None, fake=None):
-        return _terms({"g/fake": -d_fake.mean()})
+        return summed({"g/fake": -d_fake.mean()})
 
 
 class LSGAN(Loss):
@@ -240,13 +116,11 @@ class LSGAN(Loss):
     L_D = ½E(D(x) − 1)² + ½E D(G(z))², L_G = ½E(D(G(z)) − 1)².
     """
 
-    name = "lsgan"
-
     def d_loss(self, d_real, d_fake, real, fake):
-        return _terms({"d/real": 0.5 * (d_real - 1).square().mean(), "d/fake": 0.5 * d_fake.square().mean()})
+        return summed({"d/real": 0.5 * (d_real - 1).square().mean(), "d/fake": 0.5 * d_fake.square().mean()})
 
     def g_loss(self, d_fake, d_real=None, real=None, fake=None):
-        return _terms({"g/fake": 0.5 * (d_fake - 1).square().mean()})
+        return summed({"g/fake": 0.5 * (d_fake - 1).square().mean()})
 
 
 class GANQP(Loss):
@@ -274,9 +148,9 @@ class GANQP(Loss):
     _PAIRS = ("index", "all")
 
     def __init__(self, lam: float = 10.0, norm: str = "l2", pairs: str = "index"):
-        _check(norm in self._NORMS, f"ganqp norm must be one of {self._NORMS}, got {norm!r}.")
-        _check(pairs in self._PAIRS, f"ganqp pairs must be one of {self._PAIRS}, got {pairs!r}.")
-        _check(lam > 0, f"ganqp lam must be > 0, got {lam}.")
+        check(norm in self._NORMS, f"ganqp norm must be one of {self._NORMS}, got {norm!r}.")
+        check(pairs in self._PAIRS, f"ganqp pairs must be one of {self._PAIRS}, got {pairs!r}.")
+        check(lam > 0, f"ganqp lam must be > 0, got {lam}.")
         self.lam, self.norm, self.pairs = lam, norm, pairs
 
     def _distance(self, real: Tensor, fake: Tensor) -> Tensor:
@@ -300,9 +174,9 @@ class GANQP(Loss):
             n = min(len(d_real), len(d_fake))
             delta = d_real.reshape(-1)[:n] - d_fake.reshape(-1)[:n]
             dist = self._distance(real[:n], fake[:n])
-        return _terms({"d/linear": -delta.mean(), "d/quadratic": (delta.square() / (2 * self.lam * dist)).mean()})
+        return summed({"d/linear": -delta.mean(), "d/quadratic": (delta.square() / (2 * self.lam * dist)).mean()})
 
     def g_loss(self, d_fake, d_real=None, real=None, fake=None):
         if d_real is None:
             raise ValueError("GANQP.g_loss needs d_real (g_uses_real=True).")
-        return _terms({"g/real": d_real.mean(), "g/fake": -d_fake.mean()})
+        return summed({"g/real": d_real.mean(), "g/fake": -d_fake.mean()})

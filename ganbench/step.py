@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ganbench.constraints import Constraint
-from ganbench.losses import Loss, Penalty
+from ganbench.constraints import Constraint, Penalty
+from ganbench.losses import Loss
 
 
 class InstanceNoise:
@@ -59,10 +59,10 @@ class Parts:
 def d_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Loss,
            penalties: tuple[Penalty, ...], constraint: Constraint, opt_d: torch.optim.Optimizer,
            real: Tensor, z: Tensor, noise: InstanceNoise | None = None) -> Parts:
-    """L_D = loss.d_loss(Dw(real), Dw(G(z))) + Σ penalties(Dw, real, fake); then the constraint's post-step hook.
+    """L_D = loss.d_loss(Dw(real), Dw(G(z))) + Σ penalties(D, Dw, real, fake); then the constraint's post-step hook.
 
-    ``penalties`` is ``constraint.run_penalties(loss.penalties)``, decided once before the loop (GN and GraN replace a
-    loss's own penalty; the other constraints add theirs to it). With ``noise``, real and fake are the noised
+    ``penalties`` is ``constraint.run_penalties(loss)``, decided once before the loop (GN and GraN replace a loss's
+    own penalty; the other constraints add theirs to it). With ``noise``, real and fake are the noised
     batches everywhere: D's inputs, the loss (GAN-QP's pair distance) and the penalties.
     """
     noise = noise or _identity
@@ -73,7 +73,7 @@ def d_step(G: nn.Module, D: nn.Module, Dw: Callable[[Tensor], Tensor], loss: Los
     terms = loss.d_loss(d_real, d_fake, real, fake)
     total, parts = terms.total, dict(terms.parts)
     for penalty in penalties:
-        p = penalty(Dw, real, fake)
+        p = penalty(D, Dw, real, fake)
         total = total + p.total
         parts.update(p.parts)
     opt_d.zero_grad(set_to_none=True)

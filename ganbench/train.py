@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config, constraints, distributed, fastpath
+from ganbench import checkpoint, config, distributed, fastpath
 from ganbench.build import Run, build, critic_steps, generate, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.logger import Progress, RunLogger
@@ -48,7 +48,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ckpts = Checkpoints(run_dir / "checkpoints", resume(r, run_dir))
     record.attach(r, ckpts)
     Dw = r.constraint.wrap(r.D)  # GN/GraN wrap D's forward; the other constraints return D itself
-    penalties = r.constraint.run_penalties(r.loss.penalties)  # GN/GraN replace a loss's own penalty
+    penalties = r.constraint.run_penalties(r.loss)  # the loss's own (unless GN/GraN replace it), the constraint's
     iteration = partial(train_iteration, r, Dw, penalties)
     if not r.world.active:  # under torchrun the iteration holds collectives: it stays eager
         iteration = fastpath.make_iteration(r, iteration, cfg, log)  # CUDA graph
@@ -146,10 +146,10 @@ def announce(r: Run, run_dir: Path, tb: RunLogger) -> None:
         tb.text("config", "```\n" + OmegaConf.to_yaml(r.cfg) + "\n```", 0)
     log.info(f"run dir: {run_dir}  device: {r.device}  params G {sum(p.numel() for p in r.G.parameters()):,} "
              f"D {sum(p.numel() for p in r.D.parameters()):,}")
-    note = constraints.stacking_note(r.loss, r.constraint)
+    note = r.constraint.note(r.loss)
     if note:
         log.info(note)
-    warning = constraints.pairing_warning(r.loss, r.constraint)
+    warning = r.constraint.warning(r.loss)
     if warning:
         log.warning(warning)
 

@@ -109,7 +109,7 @@ def run(overrides, mode):
     cfg = config.compose(overrides + tiny + [f"device={device}", f"fast={mode != 'plain'}"])
     r = build(cfg, torch.device(device))
     Dw = r.constraint.wrap(r.D)
-    eager = partial(train_iteration, r, Dw, r.constraint.run_penalties(r.loss.penalties))
+    eager = partial(train_iteration, r, Dw, r.constraint.run_penalties(r.loss))
     if mode == "same":
         if cfg.channels_last:
             fastpath.to_channels_last(r)

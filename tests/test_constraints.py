@@ -1,4 +1,5 @@
-"""Constraints: bounded properties (SN σ ≈ 1, clip |w| ≤ c, GN |D̂| ≤ 1) and hand-computed values."""
+"""Constraints: bounded properties (SN σ ≈ 1, clip |w| ≤ c, GN |D̂| ≤ 1), hand-computed values, the penalty protocol,
+and every constraint conf/constraint offers against every loss conf/loss offers."""
 
 from pathlib import Path
 
@@ -9,23 +10,29 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.testing import assert_close
 
+from ganbench import methods
 from ganbench.constraints import (
+    R1,
     Constraint,
+    GradientPenalty,
     GradientPenaltyConstraint,
     GradNorm,
     GraN,
     NoConstraint,
+    NormalizedCritic,
+    Penalty,
     R1Constraint,
     SpectralNorm,
     WeightClip,
-    pairing_warning,
-    stacking_note,
 )
 from ganbench.errors import GanbenchError
-from ganbench.losses import GANQP, LSGAN, R1, SGAN, WGAN, WGANGP, GradientPenalty, Hinge, WGANDiv
+from ganbench.losses import GANQP, LSGAN, SGAN, WGAN, WGANGP, Hinge, LossTerms, WGANDiv
 from ganbench.step import d_step
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "constraint"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+LOSSES = {name: instantiate(OmegaConf.load(CONF / "loss" / f"{name}.yaml")) for name in methods.names("loss")}
+CONSTRAINTS = {name: instantiate(OmegaConf.load(CONF / "constraint" / f"{name}.yaml"))
+               for name in methods.names("constraint")}
 
 
 def mlp_D(seed=0):
@@ -116,20 +123,67 @@ def test_gn_in_d_step_with_gp():
     D = mlp_D()
     Dw = GradNorm().wrap(D)
     real, fake = torch.randn(16, 2), torch.randn(16, 2)
-    total = Hinge().d_loss(Dw(real), Dw(fake), real, fake).total + GradientPenalty()(Dw, real, fake).total
+    total = Hinge().d_loss(Dw(real), Dw(fake), real, fake).total + GradientPenalty()(D, Dw, real, fake).total
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in D.parameters())
     assert D[0].weight.grad.abs().sum() > 0
 
 
 def test_normalising_constraints_replace_the_loss_penalty():
-    gp = GradientPenalty()
+    loss = WGANGP()
     for c in (GradNorm(), GraN()):
-        assert c.normalizes_critic and c.run_penalties((gp,)) == ()
+        assert c.run_penalties(loss) == () and c.run_penalties(WGAN()) == ()
     for c in (NoConstraint(), WeightClip(), SpectralNorm()):
-        assert not c.normalizes_critic and c.run_penalties((gp,)) == (gp,)
+        assert c.run_penalties(loss) == (loss.penalty,) and c.run_penalties(WGAN()) == ()
     r1 = R1Constraint()
-    assert r1.run_penalties((gp,)) == (gp, *r1.penalties)
+    assert r1.run_penalties(loss) == (loss.penalty, *r1.penalties)
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_which_penalties_run(loss, constraint):
+    """The loss's own penalty runs first unless the constraint normalises the critic; the constraint's own after it.
+    Whether a constraint normalises the critic is read from its class; its one-line note says what runs."""
+    L, C = LOSSES[loss], CONSTRAINTS[constraint]
+    own = () if L.penalty is None or isinstance(C, NormalizedCritic) else (L.penalty,)
+    assert C.run_penalties(L) == own + tuple(C.penalties)
+    note = C.note(L)
+    stacked = L.penalty is not None and (bool(C.penalties) or isinstance(C, NormalizedCritic))
+    assert (note is not None) == stacked
+    if stacked:
+        assert note.startswith(f"loss={loss} + constraint={constraint}:") and "\n" not in note
+        assert ("not applied" in note) == isinstance(C, NormalizedCritic)
+
+
+class WeightDecayPenalty(Penalty):
+    """A penalty on D's weights: weight · Σ‖W‖²."""
+
+    name = "l2"
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def __call__(self, D, Dw, real, fake):
+        total = self.weight * sum(p.square().sum() for p in D.parameters())
+        return LossTerms(total, {"penalty/l2": total.detach()})
+
+
+class WeightDecay(Constraint):
+    def __init__(self, weight: float = 0.5):
+        self.penalties = (WeightDecayPenalty(weight),)
+
+
+@pytest.mark.parametrize("wrap", [NoConstraint, GradNorm])
+def test_a_penalty_reaches_D_s_weights_under_any_critic(wrap):
+    """A constraint can penalise D's weights: d_step hands every penalty the module, also where the loss sees GN's
+    wrapper. With the SGD lr 0 the step leaves D as it was: its gradient is the loss's plus weight · 2W."""
+    plain, grads_plain, *_ = _one_d_step(WGAN(), wrap())
+    out, grads, D, *_ = _one_d_step(WGAN(), type("C", (WeightDecay,), {"wrap": wrap.wrap})())
+    expected = 0.5 * sum(p.detach().square().sum() for p in D.parameters())
+    assert_close(out.parts["penalty/l2"], expected)
+    assert_close(out.total, plain.total + expected)
+    for g, g0, p in zip(grads, grads_plain, D.parameters()):
+        assert_close(g, g0 + 2 * 0.5 * p.detach())
 
 
 def _one_d_step(loss, constraint, seed=0):
@@ -139,7 +193,7 @@ def _one_d_step(loss, constraint, seed=0):
     opt = torch.optim.SGD(D.parameters(), lr=0.0)  # lr 0: the step leaves D as it was, grads stay readable
     torch.manual_seed(7)
     real, z = torch.randn(32, 2), torch.randn(32, 3)
-    out = d_step(G, D, Dw, loss, constraint.run_penalties(loss.penalties), constraint, opt, real, z)
+    out = d_step(G, D, Dw, loss, constraint.run_penalties(loss), constraint, opt, real, z)
     return out, [p.grad.clone() for p in D.parameters()], D, G, real, z
 
 
@@ -175,21 +229,20 @@ def test_hinge_gn_equals_wgan_gn():
 
 
 def test_stacking_note():
-    gn_note = stacking_note(WGANGP(), GradNorm())
+    gn_note = GradNorm().note(WGANGP())
     assert gn_note.startswith("loss=wgan_gp + constraint=gn:") and "not applied" in gn_note
     assert "this run is loss=wgan constraint=gn" in gn_note and "loss=wgan_gp constraint=none" in gn_note
-    gp_note = stacking_note(WGANGP(), GradientPenaltyConstraint())
+    gp_note = GradientPenaltyConstraint().note(WGANGP())
     assert "both added to L_D" in gp_note and "loss=wgan constraint=gp" in gp_note
-    assert "div" in stacking_note(WGANDiv(), R1Constraint()) and "loss=wgan constraint=r1" in stacking_note(
-        WGANDiv(), R1Constraint())
-    assert "loss=wgan constraint=gran" in stacking_note(WGANDiv(), GraN())
+    assert "div" in R1Constraint().note(WGANDiv()) and "loss=wgan constraint=r1" in R1Constraint().note(WGANDiv())
+    assert "loss=wgan constraint=gran" in GraN().note(WGANDiv())
     for loss in (WGANGP(), WGANDiv()):
         for c in (NoConstraint(), WeightClip(), SpectralNorm()):
-            assert stacking_note(loss, c) is None
+            assert c.note(loss) is None
     for loss in (SGAN(), WGAN(), Hinge(), LSGAN(), GANQP()):
         for c in (GradNorm(), GraN(), GradientPenaltyConstraint(), R1Constraint(), SpectralNorm()):
-            assert stacking_note(loss, c) is None
-    assert all("\n" not in stacking_note(WGANGP(), c) for c in (GradNorm(), GraN(), R1Constraint()))
+            assert c.note(loss) is None
+    assert all("\n" not in c.note(WGANGP()) for c in (GradNorm(), GraN(), R1Constraint()))
 
 
 def test_gn_under_no_grad():
@@ -223,26 +276,35 @@ def test_bad_values_raise():
             make()
 
 
-@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
-def test_yaml_instantiates(path):
-    assert isinstance(instantiate(OmegaConf.load(path)), Constraint)
+@pytest.mark.parametrize("name", CONSTRAINTS)
+def test_yaml_instantiates(name):
+    assert isinstance(CONSTRAINTS[name], Constraint)
 
 
-def test_yaml_set_complete():
-    assert {p.stem for p in CONF.glob("*.yaml")} == {"none", "clip", "sn", "gp", "r1", "gn", "gran"}
+def test_every_constraint_class_has_a_yaml():
+    """A constraint is one class in ganbench/constraints.py and one YAML naming it: the suite then runs it."""
+    def subclasses(cls):
+        return {s for c in cls.__subclasses__() for s in {c} | subclasses(c)}
+
+    classes = {f"ganbench.constraints.{c.__qualname__}" for c in subclasses(Constraint)
+               if c.__module__ == "ganbench.constraints" and c is not NormalizedCritic}
+    assert classes <= set(methods.options("constraint").values())
+    assert {"none", "clip", "sn", "gp", "r1", "gn", "gran"} <= set(methods.names("constraint"))
 
 
-@pytest.mark.parametrize("loss", ["wgan", "wgan_gp", "wgan_div", "hinge", "sgan"])
-@pytest.mark.parametrize("constraint", ["gran", "gn"])
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+@pytest.mark.parametrize("loss", LOSSES)
 def test_pairing_warning_names_gran_with_wgan_type_losses_only(loss, constraint):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    L = instantiate(OmegaConf.load(conf / "loss" / f"{loss}.yaml"))
-    C = instantiate(OmegaConf.load(conf / "constraint" / f"{constraint}.yaml"))
-    warning = pairing_warning(L, C)
-    if constraint == "gran" and loss.startswith("wgan"):
-        assert warning.startswith(f"loss={loss} + constraint=gran cannot train") and warning.endswith("constraint=gn.")
+    L, C = LOSSES[loss], CONSTRAINTS[constraint]
+    warning = C.warning(L)
+    if isinstance(C, GraN) and L.linear_in_critic:
+        assert warning.startswith(f"loss={loss} + constraint={constraint} cannot train")
+        assert warning.endswith("constraint=gn.")
     else:
         assert warning is None
+
+
+def test_the_wgan_type_losses_are_the_ones_linear_in_the_critic():
+    assert {n for n, lo in LOSSES.items() if lo.linear_in_critic} >= {"wgan", "wgan_gp", "wgan_div"}
+    assert not any(LOSSES[n].linear_in_critic for n in ("sgan", "hinge", "lsgan", "ganqp"))
+    assert GraN().warning(WGANGP()).startswith("loss=wgan_gp + constraint=gran cannot train")

@@ -21,7 +21,7 @@ from conftest import read_metrics, tiny_overrides
 from test_train import scalars
 
 from ganbench import build as build_module
-from ganbench import checkpoint, config, distributed, losses, train
+from ganbench import checkpoint, config, constraints, distributed, train
 from ganbench.errors import GanbenchError
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -79,7 +79,7 @@ def _recording(r: build_module.Run, draws: dict) -> None:
 
     r.dataset.sample = lambda n: draws["real"].append(sample(n)) or draws["real"][-1]
     r.G.sample_z = lambda n, **kw: draws["z"].append(sample_z(n, **kw)) or draws["z"][-1]
-    losses._interpolates = interpolates
+    constraints._interpolates = interpolates
 
 
 def _replaying(r: build_module.Run, per_rank: list[dict]) -> None:
@@ -93,7 +93,7 @@ def _replaying(r: build_module.Run, per_rank: list[dict]) -> None:
 
     r.dataset.sample = lambda n: take("real", n)
     r.G.sample_z = lambda n, **kw: take("z", n)
-    losses._interpolates = lambda real, fake: (lambda eps: eps * real + (1 - eps) * fake)(take("eps", len(real)))
+    constraints._interpolates = lambda real, fake: (lambda eps: eps * real + (1 - eps) * fake)(take("eps", len(real)))
 
 
 def _train_recording(rank: int, overrides: list[str], iterations: int, out: Path) -> None:
@@ -101,7 +101,7 @@ def _train_recording(rank: int, overrides: list[str], iterations: int, out: Path
     draws = {"real": [], "z": [], "eps": []}
     _recording(r, draws)
     Dw = r.constraint.wrap(r.D)
-    penalties = r.constraint.run_penalties(r.loss.penalties)
+    penalties = r.constraint.run_penalties(r.loss)
     for _ in range(iterations):
         train.train_iteration(r, Dw, penalties)
     torch.save({"G": r.G.state_dict(), "D": r.D.state_dict(), "draws": draws}, out / f"rank{rank}.pt")
@@ -128,11 +128,11 @@ def test_two_ranks_keep_identical_weights_and_match_one_process_on_the_joint_bat
     # each rank drew its own half batch from its own stream
     assert len(ranks[0]["draws"]["real"][0]) == 8 and not torch.equal(ranks[0]["draws"]["real"][0],
                                                                        ranks[1]["draws"]["real"][0])
-    monkeypatch.setattr(losses, "_interpolates", losses._interpolates)  # restored after the replay below
+    monkeypatch.setattr(constraints, "_interpolates", constraints._interpolates)  # restored after the replay below
     single = build_module.build(config.compose(over), CPU)
     _replaying(single, [rk["draws"] for rk in ranks])
     Dw = single.constraint.wrap(single.D)
-    penalties = single.constraint.run_penalties(single.loss.penalties)
+    penalties = single.constraint.run_penalties(single.loss)
     for _ in range(6):
         train.train_iteration(single, Dw, penalties)
     for net, module in (("G", single.G), ("D", single.D)):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import compose, tiny_overrides
 
-from ganbench import checkpoint, fastpath
+from ganbench import checkpoint, fastpath, methods
 from ganbench.build import build
 from ganbench.train import train_iteration
 
@@ -34,7 +34,7 @@ def make_run(overrides: list[str], device: str = "cpu", foreach: bool | None = N
             for group in opt.param_groups:
                 group["foreach"] = foreach
     Dw = r.constraint.wrap(r.D)
-    penalties = r.constraint.run_penalties(r.loss.penalties)
+    penalties = r.constraint.run_penalties(r.loss)
     return r, partial(train_iteration, r, Dw, penalties)
 
 
@@ -315,8 +315,8 @@ def test_graphed_iteration_logic_with_an_emulated_capture(capturable_on_cpu, mon
 # ---------------------------------------------------------------------------------------------------- CUDA only
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-LOSSES = ["sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"]
-CONSTRAINTS = ["none", "clip", "sn", "gp", "r1", "gn", "gran"]
+LOSSES = methods.names("loss")  # every method conf/ offers
+CONSTRAINTS = methods.names("constraint")
 GPU_STEPS = 50
 TF32, BF16 = 2e-2, 5e-2
 

@@ -1,4 +1,4 @@
-"""Losses and penalties against hand-computed values."""
+"""Losses and penalties against hand-computed values; every loss conf/loss offers is instantiated and run."""
 
 import math
 from pathlib import Path
@@ -10,22 +10,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.testing import assert_close
 
-from ganbench.constraints import GradientPenaltyConstraint
+from ganbench import methods
+from ganbench.constraints import R1, DivergencePenalty, GradientPenalty, GradientPenaltyConstraint, NoConstraint
 from ganbench.errors import GanbenchError
-from ganbench.losses import (
-    GANQP,
-    LSGAN,
-    R1,
-    SGAN,
-    WGAN,
-    WGANGP,
-    DivergencePenalty,
-    GradientPenalty,
-    Hinge,
-    Loss,
-    LossTerms,
-    WGANDiv,
-)
+from ganbench.losses import GANQP, LSGAN, SGAN, WGAN, WGANGP, Hinge, Loss, LossTerms, WGANDiv
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
 D_REAL, D_FAKE = [1.0, -0.5], [0.2, 2.0]
@@ -72,7 +60,7 @@ CASES = {
         mean(math.log(1 - sigmoid(0.2)), math.log(1 - sigmoid(2.0))),
     ),
     "wgan": (WGAN(), 1.1 - 0.25, -1.1),
-    "wgan_gp": (WGANGP(), 1.1 - 0.25, -1.1),  # the GP term is a penalty, added by the loop
+    "wgan_gp": (WGANGP(), 1.1 - 0.25, -1.1),  # the GP term is a penalty, which the constraint runs
     "wgan_div": (WGANDiv(), 1.1 - 0.25, -1.1),
     "hinge": (Hinge(), mean(0.0, 1.5) + mean(1.2, 3.0), -1.1),
     "lsgan": (LSGAN(), 0.5 * mean(0.0, 2.25) + 0.5 * mean(0.04, 4.0), 0.5 * mean(0.64, 1.0)),
@@ -135,11 +123,14 @@ def test_ganqp_all_pairs_on_a_2d_batch_of_1024_stays_exact():
     assert_close(d.diagonal(), torch.full((1024,), 1e-3), rtol=2e-2, atol=0)
 
 
-ALL_LOSSES = [SGAN(), SGAN(True), WGAN(), WGANGP(), Hinge(), GANQP(), GANQP(norm="l1"), WGANDiv(), LSGAN()]
+# Every loss conf/loss offers, as its YAML builds it, and the variants its options select.
+ALL_LOSSES = {name: instantiate(OmegaConf.load(CONF / f"{name}.yaml")) for name in methods.names("loss")}
+ALL_LOSSES |= {"sgan_saturating": SGAN(True), "ganqp_l1": GANQP(norm="l1"), "ganqp_all": GANQP(pairs="all")}
 
 
-@pytest.mark.parametrize("loss", ALL_LOSSES, ids=lambda loss: type(loss).__name__)
-def test_losses_finite_and_differentiable(loss):
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_losses_finite_and_differentiable(name):
+    loss = ALL_LOSSES[name]
     d_real = torch.randn(8, requires_grad=True)
     d_fake = torch.randn(8, requires_grad=True)
     real, fake = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
@@ -159,6 +150,11 @@ def linear_D(*w):
     return lambda x: D(x.flatten(1)).squeeze(1)
 
 
+def on(penalty, Dw, real, fake):
+    """A penalty on D's input gradients (D's weights are not read: the module argument is None)."""
+    return penalty(None, Dw, real, fake)
+
+
 def batch():
     torch.manual_seed(0)
     return torch.randn(16, 1, 2, 2), torch.randn(16, 1, 2, 2)
@@ -167,9 +163,9 @@ def batch():
 def test_gp_linear():
     real, fake = batch()
     unit = linear_D(0.5, 0.5, 0.5, 0.5)  # ‖w‖ = 1
-    assert_close(GradientPenalty()(unit, real, fake).total, torch.tensor(0.0), atol=1e-6, rtol=0)
+    assert_close(on(GradientPenalty(), unit, real, fake).total, torch.tensor(0.0), atol=1e-6, rtol=0)
     two = linear_D(1.0, 1.0, 1.0, 1.0)  # ‖w‖ = 2 -> 10·(2−1)²
-    terms = GradientPenalty()(two, real, fake)
+    terms = on(GradientPenalty(), two, real, fake)
     assert_close(terms.total, torch.tensor(10.0))
     assert_close(terms.parts["grad_norm/gp"], torch.tensor(2.0))
     assert set(terms.parts) == {"penalty/gp", "grad_norm/gp"}
@@ -178,15 +174,15 @@ def test_gp_linear():
 def test_gp_one_sided():
     real, fake = batch()
     half = linear_D(0.25, 0.25, 0.25, 0.25)  # ‖w‖ = 0.5
-    assert_close(GradientPenalty(one_sided=True)(half, real, fake).total, torch.tensor(0.0))
-    assert_close(GradientPenalty()(half, real, fake).total, torch.tensor(10.0 * 0.25))
+    assert_close(on(GradientPenalty(one_sided=True), half, real, fake).total, torch.tensor(0.0))
+    assert_close(on(GradientPenalty(), half, real, fake).total, torch.tensor(10.0 * 0.25))
     two = linear_D(1.0, 1.0, 1.0, 1.0)
-    assert_close(GradientPenalty(one_sided=True)(two, real, fake).total, torch.tensor(10.0))
+    assert_close(on(GradientPenalty(one_sided=True), two, real, fake).total, torch.tensor(10.0))
 
 
 def test_r1_linear():
     real, fake = batch()
-    terms = R1(gamma=10.0)(linear_D(1.0, 1.0, 1.0, 1.0), real, fake)
+    terms = on(R1(gamma=10.0), linear_D(1.0, 1.0, 1.0, 1.0), real, fake)
     assert_close(terms.total, torch.tensor(10.0 / 2 * 4.0))
     assert_close(terms.parts["penalty/r1"], torch.tensor(20.0))
 
@@ -194,7 +190,7 @@ def test_r1_linear():
 @pytest.mark.parametrize("at", ["interpolates", "real_fake"])
 def test_div_linear(at):
     real, fake = batch()
-    terms = DivergencePenalty(k=2.0, p=6.0, at=at)(linear_D(1.0, 1.0, 1.0, 1.0), real, fake)
+    terms = on(DivergencePenalty(k=2.0, p=6.0, at=at), linear_D(1.0, 1.0, 1.0, 1.0), real, fake)
     assert_close(terms.total, torch.tensor(2.0 * 2.0**6))
     assert_close(terms.parts["grad_norm/div"], torch.tensor(2.0))
 
@@ -204,7 +200,7 @@ def test_penalties_keep_graph_to_D():
     D = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), nn.Flatten(0))
     for penalty in (GradientPenalty(), R1(), DivergencePenalty(), DivergencePenalty(at="real_fake")):
         D.zero_grad()
-        penalty(D, real, fake).total.backward()
+        penalty(D, D, real, fake).total.backward()
         # the last bias does not move ∇ₓD, so it gets no gradient from a penalty
         assert all(torch.isfinite(D[i].weight.grad).all() and D[i].weight.grad.abs().sum() > 0 for i in (1, 3))
     assert not real.requires_grad and not fake.requires_grad
@@ -215,18 +211,18 @@ def test_wgan_gp_equals_wgan_plus_gp_constraint():
     D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1), nn.Flatten(0))
     real, fake = torch.randn(32, 2), torch.randn(32, 2)
 
-    def d_total(loss, constraint_penalties):
+    def d_total(loss, constraint):
         torch.manual_seed(123)
         terms = loss.d_loss(D(real), D(fake), real, fake)
         total = terms.total
-        for penalty in loss.penalties + constraint_penalties:
-            total = total + penalty(D, real, fake).total
+        for penalty in constraint.run_penalties(loss):
+            total = total + penalty(D, D, real, fake).total
         D.zero_grad()
         total.backward()
         return total.detach(), [p.grad.clone() for p in D.parameters()]
 
-    a, grads_a = d_total(WGANGP(), ())
-    b, grads_b = d_total(WGAN(), GradientPenaltyConstraint().penalties)
+    a, grads_a = d_total(WGANGP(), NoConstraint())
+    b, grads_b = d_total(WGAN(), GradientPenaltyConstraint())
     assert torch.equal(a, b)
     assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
 
@@ -247,5 +243,19 @@ def test_yaml_instantiates(path):
     assert isinstance(instantiate(OmegaConf.load(path)), Loss)
 
 
-def test_yaml_set_complete():
-    assert {p.stem for p in CONF.glob("*.yaml")} == {"sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"}
+def test_every_loss_class_has_a_yaml():
+    """A loss is one class in ganbench/losses.py and one YAML naming it: the suite then runs it everywhere."""
+    def subclasses(cls):
+        return {s for c in cls.__subclasses__() for s in {c} | subclasses(c)}
+
+    classes = {f"ganbench.losses.{c.__qualname__}" for c in subclasses(Loss) if c.__module__ == "ganbench.losses"}
+    assert classes <= set(methods.options("loss").values())
+    assert {"sgan", "wgan", "wgan_gp", "hinge", "ganqp", "wgan_div", "lsgan"} <= set(methods.names("loss"))
+
+
+def test_a_loss_declares_its_published_penalty_and_the_yaml_sets_it():
+    assert WGANGP(weight=0.1, one_sided=True).penalty.weight == 0.1 and WGANGP(one_sided=True).penalty.one_sided
+    assert isinstance(WGANDiv().penalty, DivergencePenalty) and WGANDiv(k=3.0).penalty.k == 3.0
+    assert all(loss.penalty is None for loss in (SGAN(), WGAN(), Hinge(), GANQP(), LSGAN()))
+    assert WGANGP().linear_in_critic and WGANDiv().linear_in_critic and not Hinge().linear_in_critic
+    assert instantiate(OmegaConf.load(CONF / "wgan_gp.yaml")).penalty.weight == 10.0

@@ -1,11 +1,11 @@
-"""Reference audit (issue 13, docs/RESULTS.md "Reference audit"): each method's formula against its authors' code,
+"""Reference audit (docs/RESULTS.md "Reference audit"): each method's formula against its authors' code,
 with hand-computed numbers, and the GraN properties the audit's verdict rests on."""
 
 import torch
 from torch import nn
 
-from ganbench.constraints import GradNorm, GraN
-from ganbench.losses import GANQP, R1, WGAN, DivergencePenalty, GradientPenalty
+from ganbench.constraints import R1, DivergencePenalty, GradientPenalty, GradNorm, GraN
+from ganbench.losses import GANQP, WGAN
 
 
 def _pairs():
@@ -46,11 +46,11 @@ def _linear_critic():
 def test_gradient_penalties_match_their_reference_code():
     Dw, x = _linear_critic(), torch.tensor([[1.0, 1.0], [0.0, -1.0]])
     # improved_wgan_training gan_cifar.py: LAMBDA·mean((‖∇‖ − 1)²) = 10·16.
-    torch.testing.assert_close(GradientPenalty(10.0)(Dw, x, x.flip(0)).total, torch.tensor(160.0))
+    torch.testing.assert_close(GradientPenalty(10.0)(None, Dw, x, x.flip(0)).total, torch.tensor(160.0))
     # musikisomorphie/wgan-div wgan_div.py: LAMBDA·mean((Σ g²)³) = ‖∇‖⁶ = 15,625; k=2 (paper) → 31,250.
-    torch.testing.assert_close(DivergencePenalty(k=2.0, p=6.0)(Dw, x, x.flip(0)).total, torch.tensor(31250.0))
+    torch.testing.assert_close(DivergencePenalty(k=2.0, p=6.0)(None, Dw, x, x.flip(0)).total, torch.tensor(31250.0))
     # Mescheder et al. 2018 eq. 9: (γ/2)·E‖∇D(x)‖² = 5·25.
-    torch.testing.assert_close(R1(10.0)(Dw, x, x).total, torch.tensor(125.0))
+    torch.testing.assert_close(R1(10.0)(None, Dw, x, x).total, torch.tensor(125.0))
 
 
 def test_gran_value_is_the_papers_formula():
