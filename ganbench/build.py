@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ganbench import config, distributed
+from ganbench import distributed, rundir
 from ganbench.errors import GanbenchError
 from ganbench.step import InstanceNoise
 
@@ -108,11 +108,11 @@ class Run:
             "z_fixed": self.z_fixed.cpu(),
             "rng": rng, **ranks,
             "history": json.dumps(self.history),
-            "identity": config.identity(self.cfg),
+            "identity": rundir.identity(self.cfg),
         }
 
     def restore(self, state: dict, path: Path) -> None:
-        config.check_resume_identity(state.get("identity", {}), config.identity(self.cfg), path)
+        rundir.check_resume_identity(state.get("identity", {}), rundir.identity(self.cfg), path)
         try:
             self.G.load_state_dict(state["G"])
             self.D.load_state_dict(state["D"])
@@ -131,7 +131,7 @@ class Run:
         torch.set_rng_state(state["rng"]["cpu"])
         if self.device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        note = self.world.restore_rng(state.get("rng_ranks"), self.cfg.seed, self.step)  # ranks > 0: their own
+        note = self.world.restore_rng(state.get("rng_ranks"), rundir.step_seed(self.cfg.seed, self.step))
         if note:
             log.info(note)
 

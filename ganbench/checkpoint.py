@@ -7,9 +7,10 @@ A crash at any moment leaves at least one complete checkpoint, and a failed writ
 :class:`WriteFailed` error naming the file, with its temporary file removed and every earlier file as it was.
 
 Loading uses ``torch.load(weights_only=True)``, so a pickle that would run code is refused. Each way a file can be bad
-has its own message: missing, unreadable, truncated or corrupt, code-carrying, not a ganbench checkpoint.
-:func:`load_latest` is what ``resume=auto`` uses (falls back to ``prev.pt`` when ``last.pt`` is damaged) and
-:func:`load_cache` is the one way to read a cache file (a damaged one is removed and rebuilt, never trusted).
+has its own message: missing, unreadable, truncated or corrupt, code-carrying, not a ganbench checkpoint; a damaged
+``last.pt`` or ``prev.pt`` names the intact checkpoint beside it (prev.pt, else best.pt). Which checkpoint a run
+continues from is :mod:`ganbench.rundir`'s; :func:`load_cache` is the one way to read a cache file (a damaged one is
+removed and rebuilt, never trusted).
 """
 
 from __future__ import annotations
@@ -194,32 +195,39 @@ def remove_temps(run_dir: Path) -> list[Path]:
     return removed
 
 
-def find(resume: str | os.PathLike) -> Path | None:
-    """Resolve ``resume`` (a run dir, a checkpoints dir or a file) to a checkpoint file; None if a dir holds none."""
-    path = Path(resume)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise GanbenchError(f"resume={resume} does not exist; give a run directory or a checkpoint file.")
-    for candidate in (path / "checkpoints" / "last.pt", path / "last.pt",
-                      path / "checkpoints" / "prev.pt", path / "prev.pt"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    """The run directory a checkpoint file belongs to (``<run>/checkpoints/last.pt`` -> ``<run>``)."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
 def _fallback_hint(path: Path) -> str:
-    """What to do instead of loading ``path``: its prev.pt when that file exists, else a new run."""
+    """What to do instead of loading ``path``: the intact checkpoint beside it (prev.pt for last.pt, else best.pt),
+    else a new run."""
     prev = path.with_name("prev.pt")
-    if path.name == "last.pt" and prev.is_file():
+    if path.name == "last.pt" and _intact_step(prev) is not None:
         return (f"{prev} holds the checkpoint before it (resume=auto falls back to it; eval and sample take "
                 f"--checkpoint {prev})")
+    if path.name == "last.pt" and prev.is_file():
+        return f"{prev} is damaged too; {intact_best_hint(path.parent)}"
+    if path.name in ("last.pt", "prev.pt"):
+        return intact_best_hint(path.parent)
     return "start a new run (or resume from another checkpoint file)"
+
+
+def intact_best_hint(ckpt_dir: Path) -> str:
+    """What is left when last.pt and prev.pt are damaged: best.pt when it loads, else a new run."""
+    best = Path(ckpt_dir) / "best.pt"
+    step = _intact_step(best)
+    if step is None:
+        return "no intact checkpoint is left: start a new run (or resume from another checkpoint file)"
+    return (f"{best} (step {step}, the best evaluation) is intact: continue from it with resume={best} (eval and "
+            f"sample take --checkpoint best), or start a new run")
+
+
+def _intact_step(path: Path) -> int | None:
+    """The step of the ganbench checkpoint ``path`` if it loads, else None."""
+    if not path.is_file() or problem(path) is not None:
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- any damage (torch raises many types): not intact
+        return None
+    return int(state.get("step", 0)) if isinstance(state, dict) and state.get("format") == FORMAT else None
 
 
 def problem(path: Path) -> str | None:
@@ -262,54 +270,6 @@ def load(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise GanbenchError(f"{path} is not a ganbench checkpoint (no '{FORMAT}' format tag).")
     return state
-
-
-def load_latest(run_dir: Path, map_location="cpu") -> tuple[dict, Path] | None:
-    """The newest loadable checkpoint of ``run_dir`` as (state, path), for ``resume=auto``; None when it has none.
-
-    A damaged ``last.pt`` with a loadable ``prev.pt`` is a warning naming both files, and prev.pt is used. A file
-    that would run code, or that is not a ganbench checkpoint, is an error, never skipped: not damage but a wrong file.
-    """
-    ckpt_dir = run_dir / "checkpoints"
-    last, prev = ckpt_dir / "last.pt", ckpt_dir / "prev.pt"
-    if not last.is_file() and not prev.is_file():
-        return None
-    if not last.is_file():
-        return load(prev, map_location), prev
-    try:
-        return load(last, map_location), last
-    except DamagedCheckpoint as e:
-        if not prev.is_file():
-            raise
-        why = e.why
-    state = load(prev, map_location)
-    log.warning(f"checkpoint {last} {why}; resuming from {prev} (step {state.get('step')}), the one before it "
-                f"(the next save replaces {last.name})")
-    return state, prev
-
-
-def describe_last_good(last_good: tuple[Path, int] | None) -> str:
-    """'the last good checkpoint (step N) is PATH', or that none was written; ``last_good`` is (path, step)."""
-    if last_good is None:
-        return "no checkpoint had been written yet"
-    path, step = last_good
-    return f"the last good checkpoint (step {step}) is {path}"
-
-
-def after_write_failure(last_good: tuple[Path, int] | None, run_dir: Path) -> str:
-    """What a run that could not write (a full disk) keeps, and what to do once there is space again."""
-    if last_good is None:
-        return f"{describe_last_good(None)}; free some space and start the run again"
-    return f"{describe_last_good(last_good)}; free some space, then continue with: ganbench train resume={run_dir}"
-
-
-def last_good_on_disk(run_dir: Path) -> tuple[Path, int] | None:
-    """(path, step) of ``run_dir``'s newest loadable checkpoint, or None (for an error path that only has the disk)."""
-    try:
-        found = load_latest(run_dir)
-    except GanbenchError:
-        return None
-    return None if found is None else (found[1], int(found[0].get("step", 0)))
 
 
 def load_cache(path: Path, what: str, check: Callable[[object], bool] = lambda _: True,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
-from ganbench import runlock, torchrun
+from ganbench import threads, torchrun
 from ganbench.errors import GanbenchError
 
 USAGE = """usage: ganbench <command> [args]
@@ -37,7 +38,34 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    threads.set_wait_policy()  # OpenMP reads it when torch loads: before any command imports torch
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ctrl-C in start-up: KeyboardInterrupt, one line below
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while this line is printed changes nothing
+        if not torchrun.env_rank():
+            print("ganbench: error: interrupted (Ctrl-C); nothing was trained in this command (a run it had "
+                  "started records status 'interrupted').", file=sys.stderr)
+        return 130
+
+
+def _interrupted(e: BaseException) -> bool:
+    """True when ``e`` is a Ctrl-C's KeyboardInterrupt, or an error raised while one was being handled (an import or
+    a logging config that it broke)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
@@ -47,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        if command == "train":
-            runlock.refuse_if_busy(rest)  # a busy run directory is refused at once, before torch and Hydra load
-            rest = importlib.import_module("ganbench.config").prepare_argv(rest)  # Hydra, not yet torch
+        if command == "train":  # the run directory and the command line are checked before torch loads
+            rundir = importlib.import_module("ganbench.rundir")
+            try:
+                rest = rundir.prepare_train(rest)
+            except rundir.NothingToDo as e:
+                print(f"ganbench: {e}")
+                return 0
         module, function = COMMANDS[command]
         return getattr(importlib.import_module(module), function)(rest)
     except GanbenchError as e:

@@ -161,9 +161,10 @@ class World:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def restore_rng(self, rng_ranks: list | None, seed: int, step: int) -> str | None:
+    def restore_rng(self, rng_ranks: list | None, step_seed: int) -> str | None:
         """After a checkpoint's rank-0 RNG state was restored: this rank's own saved state, if the checkpoint has one
-        per rank of this world; else a fresh stream from (seed, rank, step). Returns a note when streams changed."""
+        per rank of this world; else a fresh stream from the step's seed (``rundir.step_seed``) and the rank.
+        Returns a note when streams changed."""
         if not self.active or (self.size == 1 and not rng_ranks):
             return None
         if rng_ranks is not None and len(rng_ranks) == self.size:
@@ -172,7 +173,7 @@ class World:
                 torch.cuda.set_rng_state_all(rng_ranks[self.rank]["cuda"])
             return None
         if self.rank:
-            torch.manual_seed(rank_seed(seed * 1_000_003 + step, self.rank))
+            torch.manual_seed(rank_seed(step_seed, self.rank))
         saved = len(rng_ranks) if rng_ranks else 1
         return (f"the checkpoint holds the RNG streams of {saved} process(es) and this run has {self.size}: "
                 f"ranks > 0 draw new streams from here on (same global batch, another sample order)")

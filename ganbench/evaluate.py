@@ -3,15 +3,16 @@ finished (or running) run, and the fd_classifier feature net on its own.
 
 Both rebuild the generator from ``RUN_DIR/.hydra/config.yaml`` and load a checkpoint with
 :func:`ganbench.checkpoint.load` (``weights_only=True``); the EMA generator is used when the run kept one, as in
-training. ``eval`` draws its fakes under ``torch.manual_seed(seed · 1,000,003 + step)``, the seeding of the training
-loop's evaluations, and merges its metrics and their protocol into ``metrics.json`` (written atomically).
+training. ``eval`` draws its fakes under ``torch.manual_seed(rundir.step_seed(seed, step))``, the seeding of the
+training loop's evaluations, and merges its metrics and their protocol into ``metrics.json`` (a damaged one is refused
+before anything is computed). Sizes beyond :data:`CAP` (``sample --n``, ``metrics.num_fake``) need ``--force``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchvision.utils import make_grid
 
-from ganbench import checkpoint, config, runlock
+from ganbench import checkpoint, config, rundir
 from ganbench.build import generate, make, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.metrics.classifier import feature_net
@@ -30,23 +31,28 @@ from ganbench.metrics.settings import metrics_config
 
 log = logging.getLogger("ganbench")
 
+# The most images `sample --n` writes and `eval` draws (metrics.num_fake) without --force: FID's 50,000 (Heusel et al.
+# 2017), so that a typo (an extra zero or three) does not fill a disk or run for hours.
+CAP = 50_000
+
 EVAL_USAGE = """usage: ganbench eval RUN_DIR [--checkpoint last|best|PATH] [metrics.KEY=VALUE ...]
-                     [device=auto|cpu|cuda]
+                     [device=auto|cpu|cuda] [--force]
 
 Computes the image metrics of a run's generator (default: metrics.names=[fd_classifier]; see conf/metrics/default.yaml
 for the keys, e.g. metrics.num_fake=5000 metrics.names=[fd_classifier,fid,kid]) and merges them, with their
-protocol, into RUN_DIR/metrics.json.
+protocol, into RUN_DIR/metrics.json. metrics.num_fake above 50,000 needs --force.
 """
 
 SAMPLE_USAGE = """usage: ganbench sample RUN_DIR --n N --out DIR [--checkpoint last|best|PATH] [--seed S]
-                       [device=auto|cpu|cuda]
+                       [device=auto|cpu|cuda] [--force]
 
-Writes N generated images DIR/000000.png ... and DIR/grid.png (the first min(N, 64) images, 8 per row).
+Writes N generated images DIR/000000.png ... and DIR/grid.png (the first min(N, 64) images, 8 per row). DIR must not
+hold images of an earlier `ganbench sample`, and N above 50,000 needs --force (--force allows both).
 """
 
 
 def _parse(argv: list[str], options: tuple[str, ...], usage: str) -> tuple[Path, dict, list[str]]:
-    """RUN_DIR, ``--option value`` pairs (also ``--option=value``) and ``key=value`` overrides."""
+    """RUN_DIR, ``--option value`` pairs (also ``--option=value``; ``--force`` alone) and ``key=value`` overrides."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage, end="")
         raise SystemExit(0 if argv else 2)
@@ -55,6 +61,9 @@ def _parse(argv: list[str], options: tuple[str, ...], usage: str) -> tuple[Path,
         tok = argv[i]
         if tok.startswith("--"):
             name, _, value = tok[2:].partition("=")
+            if name == "force" and "force" in options:
+                opts[name], i = "yes", i + 1
+                continue
             if name not in options:
                 raise GanbenchError(f"unknown option --{name}; the options are: "
                                     f"{', '.join('--' + o for o in options)}.")
@@ -86,6 +95,9 @@ def console_logging() -> None:
 
 def run_config(run_dir: Path) -> DictConfig:
     path = run_dir / ".hydra" / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GanbenchError(f"{run_dir} is a file, not a run directory; give a run directory such as "
+                            f"outputs/runs/<run>.")
     if not run_dir.is_dir():
         raise GanbenchError(f"run directory {run_dir} does not exist.")
     if not path.is_file():
@@ -100,7 +112,7 @@ def run_config(run_dir: Path) -> DictConfig:
 def checkpoint_path(run_dir: Path, which: str) -> Path:
     """``last`` (falls back to prev.pt), ``best`` (checkpoints/best.pt) or a file path."""
     if which == "last":
-        found = checkpoint.find(run_dir)
+        found = rundir.find_checkpoint(run_dir)
         if found is None:
             raise GanbenchError(f"{run_dir} holds no checkpoint (looked for checkpoints/last.pt and prev.pt).")
         return found
@@ -112,7 +124,8 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
         return best
     path = Path(which)
     if not path.is_file():
-        raise GanbenchError(f"--checkpoint {which} is neither last, best nor a checkpoint file.")
+        what = "a directory" if path.is_dir() else "not a file" if path.exists() else "does not exist"
+        raise GanbenchError(f"--checkpoint {which} is neither last, best nor a checkpoint file ({what}).")
     return path
 
 
@@ -146,11 +159,13 @@ def _device(cfg: DictConfig, overrides: list[str]) -> tuple[torch.device, list[s
 
 def eval_main(argv: list[str]) -> int:
     """`ganbench eval RUN_DIR [--checkpoint last|best|PATH] [metrics.KEY=VALUE ...]`."""
-    run_dir, opts, overrides = _parse(argv, ("checkpoint",), EVAL_USAGE)
+    run_dir, opts, overrides = _parse(argv, ("checkpoint", "force"), EVAL_USAGE)
     console_logging()
     cfg = run_config(run_dir)
     device, overrides = _device(cfg, overrides)
     mcfg = metrics_config(cfg.get("metrics"), overrides)
+    _check_before_computing(run_dir, mcfg, "force" in opts)
+    path = run_dir / rundir.METRICS
     ckpt = checkpoint_path(run_dir, opts.get("checkpoint", "last"))
     dataset, G, step, which = load_generator(cfg, ckpt, device)
     if not getattr(dataset, "is_image", False):
@@ -168,24 +183,46 @@ def eval_main(argv: list[str]) -> int:
         return generate(G, G.sample_z(n, device=device), batch=int(mcfg.batch))
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(int(cfg.get("seed", 0)) * 1_000_003 + step)
+        torch.manual_seed(rundir.step_seed(int(cfg.get("seed", 0)), step))
         metrics, protocol = evaluate_images(sample_fn, dataset, mcfg, device, real=real)
     source = {"checkpoint": str(ckpt), "checkpoint_step": step, "generator": which}
     protocol = {k: {**v, **source} for k, v in protocol.items()}
 
-    path = run_dir / "metrics.json"
     busy = None
     try:  # one writer per run directory: a training run still in it rewrites metrics.json at its next evaluation
-        lock = runlock.RunLock(run_dir).acquire()
-    except runlock.RunDirBusy as e:
+        lock = rundir.RunLock(run_dir).acquire()
+    except rundir.RunDirBusy as e:
         busy = str(e).split(";")[0]
     else:
         try:
-            _merge_into_metrics_json(path, cfg, step, metrics, protocol)
+            _merge_into_metrics_json(run_dir, cfg, step, metrics, protocol)
         finally:
             lock.release()
 
     print(f"{run_dir} ({ckpt.name}, step {step}, {which}):")
+    _print_metrics(metrics, protocol)
+    if busy:
+        log.warning("%s: not written to %s (the run would overwrite it); rerun `ganbench eval` when it has ended",
+                    busy, path)
+    else:
+        print(f"  written to {path}")
+    return 0
+
+
+def _check_before_computing(run_dir: Path, mcfg: DictConfig, force: bool) -> None:
+    """What eval can refuse before it computes: a sample count beyond :data:`CAP` (without ``force``) and a damaged
+    metrics.json (the record its metrics merge into)."""
+    if int(mcfg.num_fake) > CAP and not force:
+        raise GanbenchError(f"metrics.num_fake={mcfg.num_fake} is above {CAP:,} images; add --force if you mean it.")
+    try:
+        rundir.read_record(run_dir)
+    except rundir.RecordProblem as e:
+        if e.status != "missing":
+            raise GanbenchError(f"{e}; ganbench eval merges its metrics into it: restore it from a copy of the run, "
+                                f"or move it away (eval then writes a new one).") from None
+
+
+def _print_metrics(metrics: dict, protocol: dict) -> None:
     skipped: dict[str, list[str]] = {}
     for name, p in protocol.items():
         if "skipped" in p:
@@ -196,29 +233,22 @@ def eval_main(argv: list[str]) -> int:
               f"{p['feature_net'].split(' (')[0]}, weights {p['weights_sha256']})")
     for reason, names in skipped.items():
         print(f"  {', '.join(names):14s} skipped: {reason}")
-    if busy:
-        log.warning("%s: not written to %s (the run would overwrite it); rerun `ganbench eval` when it has ended",
-                    busy, path)
-    else:
-        print(f"  written to {path}")
-    return 0
 
 
-def _merge_into_metrics_json(path: Path, cfg: DictConfig, step: int, metrics: dict, protocol: dict) -> None:
-    """Add ``metrics`` and ``protocol`` to the run's metrics.json (made if missing or unreadable), atomically."""
-    record = {}
-    if path.is_file():
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            log.warning("%s is unreadable; writing a new one", path)
+def _merge_into_metrics_json(run_dir: Path, cfg: DictConfig, step: int, metrics: dict, protocol: dict) -> None:
+    """Add ``metrics`` and ``protocol`` to the run's metrics.json (made if missing), atomically."""
+    try:
+        record = rundir.read_record(run_dir)
+    except rundir.RecordProblem as e:
+        if e.status != "missing":  # damaged since the check before computing: keep it, say so
+            raise GanbenchError(f"{e}; the metrics were not written into it.") from None
+        record = {}
     if not record:
         record = {"step": step, "status": "unknown", "metrics": {}, "protocol": {},
                   "config": OmegaConf.to_container(cfg, resolve=False)}
     record["metrics"] = {**(record.get("metrics") or {}), **metrics}
     record["protocol"] = {**(record.get("protocol") or {}), **protocol}
-    text = json.dumps(record, indent=2, default=str).encode()
-    checkpoint.atomic_write_bytes(path, lambda f: f.write(text))
+    rundir.write_record(run_dir, record)
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
@@ -226,9 +256,29 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
 
 
+def _png_name(i: int, n: int) -> str:
+    return f"{i:0{max(6, len(str(n - 1)))}d}.png"
+
+
+def _check_out(out: Path, n: int, force: bool) -> None:
+    """--out is a directory that can be made and holds no images of an earlier `ganbench sample` (unless ``force``)."""
+    if out.exists() and not out.is_dir():
+        raise GanbenchError(f"--out {out} is a file, not a directory; give a new directory (or an empty one).")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise GanbenchError(f"cannot make --out {out}: {parent} is not a writable directory.")
+    if out.is_dir() and not force:
+        taken = [name for name in ("grid.png", _png_name(0, n)) if (out / name).exists()]
+        if taken:
+            raise GanbenchError(f"--out {out} holds images of an earlier `ganbench sample` ({taken[0]}); give a new "
+                                f"directory, or add --force to overwrite them.")
+
+
 def sample_main(argv: list[str]) -> int:
     """`ganbench sample RUN_DIR --n N --out DIR [--checkpoint last|best|PATH] [--seed S]`."""
-    run_dir, opts, overrides = _parse(argv, ("n", "out", "checkpoint", "seed"), SAMPLE_USAGE)
+    run_dir, opts, overrides = _parse(argv, ("n", "out", "checkpoint", "seed", "force"), SAMPLE_USAGE)
     console_logging()
     for key in ("n", "out"):
         if key not in opts:
@@ -240,6 +290,10 @@ def sample_main(argv: list[str]) -> int:
         raise GanbenchError("--n and --seed must be integers.") from None
     if n < 1:
         raise GanbenchError(f"--n must be a positive integer, got {n}.")
+    if n > CAP and "force" not in opts:
+        raise GanbenchError(f"--n {n} is above {CAP:,} images; add --force if you mean it.")
+    out = Path(opts["out"])
+    _check_out(out, n, "force" in opts)
     cfg = run_config(run_dir)
     device, rest = _device(cfg, overrides)
     if rest:
@@ -249,21 +303,23 @@ def sample_main(argv: list[str]) -> int:
     if not getattr(dataset, "is_image", False):
         raise GanbenchError(f"ganbench sample writes images, and {dataset.name} is a 2D toy dataset; its sample "
                             f"plots are in {run_dir / 'samples'}.")
-    out = Path(opts["out"])
-    out.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.get("seed", 0)) if seed is None else seed
     z_gen = torch.Generator(device).manual_seed(seed)
-    width = max(6, len(str(n - 1)))
     grid_images, written = [], 0
-    while written < n:
-        k = min(500, n - written)
-        images = to_uint8(generate(G, G.sample_z(k, device=device, generator=z_gen))).cpu()
-        for image in images:
-            _save_png(image, out / f"{written:0{width}d}.png")
-            written += 1
-        grid_images += list(images[: max(0, 64 - len(grid_images))])
-    grid = make_grid(torch.stack(grid_images), nrow=min(8, len(grid_images)), padding=2, pad_value=0)
-    _save_png(grid, out / "grid.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        while written < n:
+            k = min(500, n - written)
+            images = to_uint8(generate(G, G.sample_z(k, device=device, generator=z_gen))).cpu()
+            for image in images:
+                _save_png(image, out / _png_name(written, n))
+                written += 1
+            grid_images += list(images[: max(0, 64 - len(grid_images))])
+        grid = make_grid(torch.stack(grid_images), nrow=min(8, len(grid_images)), padding=2, pad_value=0)
+        _save_png(grid, out / "grid.png")
+    except OSError as e:
+        reason = checkpoint.WRITE_REASONS.get(e.errno) or e.strerror or str(e)
+        raise GanbenchError(f"cannot write into --out {out}: {reason}; {written} of {n} images were written.") from None
     print(f"wrote {n} images and grid.png ({len(grid_images)} images, {min(8, len(grid_images))} per row) to {out} "
           f"({ckpt.name}, step {step}, {which}, seed {seed})")
     return 0

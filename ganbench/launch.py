@@ -9,8 +9,8 @@ workers), and :class:`SweepFailures` lists the failed jobs at the end of a sweep
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -26,42 +26,60 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config, distributed, runlock, torchrun
+from ganbench import checkpoint, config, distributed, rundir, torchrun
 from ganbench.errors import GanbenchError
 from ganbench.train import run
 
 log = logging.getLogger("ganbench")
 
-# Failed jobs of this process's multirun sweep, for the exit status of `ganbench train -m`.
+# Failed jobs of this process's multirun sweep, and how many jobs ended with a record, for the exit status of
+# `ganbench train -m`.
 FAILED_JOBS: list[str] = []
+ENDED_JOBS = [0]
 
 
 class SweepFailures(Callback):
-    """At the end of a sweep, in the main process: collect the jobs whose metrics.json says failed or diverged.
+    """A sweep's start and end, in the main process. At the start: a fresh sweep into a directory that holds earlier
+    runs (two sweeps started in the same second share the default timestamped one) is refused before Hydra writes
+    multirun.yaml. At the end: collect the jobs whose metrics.json says failed or diverged.
 
     With the joblib or submitit launchers the jobs run in other processes, so only their files can tell.
     """
 
     def on_multirun_start(self, config, **kwargs):
         self.t0 = time.time()
+        if config.get("resume") in (None, "", "null"):
+            _refuse_taken(Path(config.hydra.sweep.dir), sweep=True)
 
     def on_multirun_end(self, config, **kwargs):
         for path in sorted(Path(config.hydra.sweep.dir).glob("*/metrics.json")):
             if path.stat().st_mtime < self.t0:
                 continue  # a job of an earlier sweep into the same dir
             try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
+                record = rundir.read_record(path.parent)
+            except rundir.RecordProblem:
                 continue
+            ENDED_JOBS[0] += 1
             if record.get("status") in ("failed", "diverged"):
                 FAILED_JOBS.append(f"{path.parent}: {record.get('error') or record['status']}")
+
+
+def _refuse_taken(path: Path, sweep: bool = False) -> None:
+    """One line and exit 2 when a fresh run or sweep would write into ``path`` that holds earlier runs."""
+    if rundir.follower_rank():
+        return
+    try:
+        rundir.check_fresh(path, sweep=sweep)
+    except rundir.RunDirTaken as e:
+        print(f"ganbench: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class ReleaseAtJobEnd(Callback):
     """Release the job's run-directory lock once Hydra is done with the job (a joblib worker lives on)."""
 
     def on_job_end(self, config, job_return, **kwargs):
-        runlock.release()
+        rundir.release()
 
 
 def task(cfg: DictConfig) -> dict | None:
@@ -72,8 +90,8 @@ def task(cfg: DictConfig) -> dict | None:
     if not distributed.current().main:  # torchrun's ranks > 0: rank 0 holds the lock, writes and reports
         return _follower(cfg, run_dir)
     try:
-        runlock.hold(run_dir)  # already taken by the log-file handler, unless hydra/job_logging was overridden
-    except runlock.RunDirBusy as e:  # the other process's directory: write nothing there, not even metrics.json
+        rundir.hold(run_dir)  # already taken by the log-file handler, unless hydra/job_logging was overridden
+    except rundir.RunDirBusy as e:  # the other process's directory: write nothing there, not even metrics.json
         if multirun:
             log.error(f"ganbench: error: {e}")
             return None
@@ -82,27 +100,39 @@ def task(cfg: DictConfig) -> dict | None:
     checkpoint.remove_temps(run_dir)  # a killed writer's half-written temp files: the lock says nobody is writing
     threading.excepthook = _quiet_write_errors
     try:
+        done = multirun and rundir.nothing_to_do(cfg, run_dir)  # a requeued sweep job that had finished (a single
+        if done:  # run was told before Hydra started): its files stay as they are
+            log.info(done)
+            return None
         return run(cfg, run_dir)
     except GanbenchError as e:
         message = str(e)
+    except KeyboardInterrupt:  # Ctrl-C before the loop took the signal over: a record, then the CLI's one line
+        _failed_record(cfg, run_dir, "interrupted", "stopped by Ctrl-C before training started")
+        raise
     except torch.OutOfMemoryError:
         message = (f"out of memory on {cfg.device} with batch_size={cfg.batch_size}; "
                    f"lower batch_size or use a smaller model.")
     except Exception as e:
         message = distributed.peer_failure(e) or _unexpected(e, run_dir)  # under torchrun: another rank died
-    if not (run_dir / "metrics.json").exists():  # failed before training: leave a record for `ganbench report`
-        record = {"step": 0, "status": "failed", "error": message, "metrics": {},
-                  "config": OmegaConf.to_container(cfg, resolve=False)}
-        text = json.dumps(record, indent=2, default=str).encode()
-        try:
-            checkpoint.atomic_write_bytes(run_dir / "metrics.json", lambda f: f.write(text))
-        except checkpoint.WriteFailed as e:  # e.g. the disk is full: the first error is the one to show
-            log.warning(str(e))
+    _failed_record(cfg, run_dir, "failed", message)
     if multirun:  # the sweep goes on; SweepFailures lists this job at its end
         log.error(f"ganbench: error: {message}")
         return None
     print(f"ganbench: error: {message}", file=sys.stderr)
     raise SystemExit(1)
+
+
+def _failed_record(cfg: DictConfig, run_dir: Path, status: str, message: str) -> None:
+    """A job that ended before training wrote its record: leave one for `ganbench report` (none is overwritten)."""
+    if os.path.lexists(run_dir / rundir.METRICS):
+        return
+    record = {"step": 0, "status": status, "error": message, "metrics": {},
+              "config": OmegaConf.to_container(cfg, resolve=False)}
+    try:
+        rundir.write_record(run_dir, record)
+    except checkpoint.WriteFailed as e:  # e.g. the disk is full: the first error is the one to show
+        log.warning(str(e))
 
 
 def _quiet_write_errors(args) -> None:
@@ -116,7 +146,7 @@ def _unexpected(e: Exception, run_dir: Path) -> str:
     """The one line for an error the loop does not turn into a GanbenchError itself."""
     if isinstance(e, OSError) and e.errno in checkpoint.WRITE_REASONS:  # e.g. TensorBoard events on a full disk
         return (f"cannot write {e.filename or 'into ' + str(run_dir)}: {checkpoint.WRITE_REASONS[e.errno]}; "
-                f"{checkpoint.after_write_failure(checkpoint.last_good_on_disk(run_dir), run_dir)}")
+                f"{rundir.after_write_failure(rundir.last_good_on_disk(run_dir), run_dir)}")
     # a bug, not the user's input: keep the traceback in the run's log
     log.debug(traceback.format_exc())
     try:
@@ -174,7 +204,9 @@ def main(argv: list[str]) -> int:
         sys.argv = old_argv
         distributed.shutdown()
     if FAILED_JOBS:
-        print(f"ganbench: error: {len(FAILED_JOBS)} job(s) of the sweep failed; the others finished:", file=sys.stderr)
+        others = ENDED_JOBS[0] - len(FAILED_JOBS)
+        print(f"ganbench: error: {len(FAILED_JOBS)} job(s) of the sweep failed"
+              + (f"; the other {others} finished:" if others > 0 else ":"), file=sys.stderr)
         for line in FAILED_JOBS:
             print(f"  {line}", file=sys.stderr)
         return 1

@@ -2,8 +2,8 @@
 
 - Entry points: the `ganbench` commands (cli dispatch, train's Hydra entry, eval/sample/features, report, bench).
 - The run: ``ganbench.train``, the loop.
-- Building blocks: everything else (config, build, step, losses, constraints, models, data, metrics, checkpoint,
-  logger, ...). They never import the run or an entry point, so a metric or a model can be used alone.
+- Building blocks: everything else (config, rundir, build, step, losses, constraints, models, data, metrics,
+  checkpoint, logger, ...). They never import the run or an entry point, so a metric or a model can be used alone.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ ENTRY_POINTS = {"ganbench.cli", "ganbench.__main__", "ganbench.launch", "ganbenc
 RUN = {"ganbench.train"}
 # Function-level imports allowed: optional or heavy dependencies only, each with a comment at its import.
 LAZY_OK = {"torch_fidelity", "matplotlib"}
-# And one module's own torch-pulling imports: config.py checks the command line before torch loads (test_cli checks
-# that torch stays out), so it imports checkpoint only for resume= and distributed only under torchrun.
-LAZY_TORCH = {"ganbench.config": {"ganbench", "ganbench.checkpoint", "ganbench.distributed"}}
+# And two modules' own torch-pulling imports: `ganbench train` checks its command line and run directory before torch
+# loads (test_cli checks that torch stays out), so config.py imports distributed only under torchrun, and rundir.py
+# imports checkpoint (the file format and the atomic writes) only where it reads a checkpoint or writes a file.
+LAZY_TORCH = {"ganbench.config": {"ganbench", "ganbench.distributed"},
+              "ganbench.rundir": {"ganbench", "ganbench.checkpoint"}}
 
 
 def module_name(path: Path) -> str:
@@ -125,6 +127,20 @@ def test_each_building_block_imports_alone_without_the_loop():
     assert all(name in loaded[name] for name in BLOCKS)
     pulled = {name: [m for m in mods if m in ENTRY_POINTS | RUN] for name, mods in loaded.items()}
     assert {name: mods for name, mods in pulled.items() if mods} == {}
+
+
+def test_the_run_directory_module_is_the_one_home_of_its_ideas():
+    """rundir.py owns the lock, the resume identity, finding checkpoints, metrics.json's writing and the seed rule:
+    nothing else writes metrics.json or spells out the seed rule, and rundir imports no entry point, the loop, nor
+    any torch-pulling block at module level (the CLI uses it before torch loads)."""
+    writes = ("atomic_write", ".write_text(", ".write_bytes(", "json.dump(")
+    seeds = [name for name, path in MODULES.items() if name != "ganbench.rundir" and "1_000_003" in path.read_text()]
+    writers = [f"{name}: {line.strip()}" for name, path in MODULES.items() if name != "ganbench.rundir"
+               for line in path.read_text().splitlines() if "metrics.json" in line and any(w in line for w in writes)]
+    assert seeds == [] and writers == []
+    top_level = {m for m, in_function in imports(MODULES["ganbench.rundir"]) if not in_function}
+    assert top_level & set(MODULES) <= {"ganbench", "ganbench.config", "ganbench.errors"}, top_level
+    assert {"torch", "ganbench.checkpoint"}.isdisjoint(top_level)
 
 
 def test_every_function_fits_on_a_screen():

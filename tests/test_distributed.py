@@ -21,7 +21,7 @@ from conftest import read_metrics, tiny_overrides
 from test_train import scalars
 
 from ganbench import build as build_module
-from ganbench import checkpoint, config, constraints, distributed, train
+from ganbench import checkpoint, config, constraints, distributed, rundir, train
 from ganbench.errors import GanbenchError
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -231,7 +231,7 @@ def test_torchrun_two_processes_make_one_run(tmp_cwd):
     assert len(writers) == 1
     assert [s for s, _ in scalars(run_dir)["loss/d"]] == list(range(1, 7))
     assert read_metrics(run_dir)["status"] == "completed" and read_metrics(run_dir)["step"] == 6
-    state = checkpoint.load(checkpoint.find(run_dir))
+    state = checkpoint.load(rundir.find_checkpoint(run_dir))
     assert state["step"] == 6 and len(state["rng_ranks"]) == 2
     assert proc.stdout.count("run dir:") == 1  # rank 0 speaks; the other rank logs only warnings
     assert "Traceback" not in proc.stderr
@@ -290,7 +290,7 @@ def test_torchrun_kill9_of_one_rank_then_resume_ends_at_the_requested_step(tmp_c
     # rank 0 says what happened in one line (when it meets the dead peer before torchrun stops it), no traceback
     assert err.count("ganbench: error: another process of this torchrun job stopped") <= 1
     assert "internal error" not in err and "/ganbench/" not in err
-    step = checkpoint.load(checkpoint.find(tmp_cwd / "run"))["step"]
+    step = checkpoint.load(rundir.find_checkpoint(tmp_cwd / "run"))["step"]
     assert step > 0
 
     again = torchrun([*over, f"steps={step + 20}"], tmp_cwd)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_classifier_metric import _use_metrics_cache, metrics_cache  # noqa: F401  (shared session cache)
 
-from ganbench import checkpoint, evaluate, runlock
+from ganbench import checkpoint, evaluate, rundir
 from ganbench.errors import GanbenchError
 
 
@@ -70,7 +70,7 @@ def test_eval_leaves_metrics_json_alone_while_a_training_run_holds_the_directory
     run = tmp_path / "run"
     make_run(run, metrics={"step": 7, "status": "running", "metrics": {"old": 1.0}, "protocol": {}})
     before = (run / "metrics.json").read_bytes()
-    holder = runlock.RunLock(run).acquire()  # a separate lock, as a training process in the directory holds it
+    holder = rundir.RunLock(run).acquire()  # a separate lock, as a training process in the directory holds it
     try:
         assert evaluate.eval_main([str(run), "metrics.num_fake=200", "device=cpu"]) == 0
     finally:

@@ -26,7 +26,7 @@ from PIL import Image
 from test_cli import assert_one_line_error
 from test_train import scalars
 
-from ganbench import checkpoint, config, evaluate, runlock
+from ganbench import checkpoint, evaluate, rundir
 from ganbench.data import ImageDataset, folder
 from ganbench.errors import GanbenchError
 from ganbench.launch import ReleaseAtJobEnd
@@ -261,14 +261,14 @@ def test_the_lock_is_released_and_each_multirun_job_takes_its_own(tmp_cwd):
     assert len(locks) == 1  # both written by the one process that ran the sweep, one after the other
     # That process has exited: its locks are free.
     for p in jobs:
-        runlock.RunLock(p.parent).acquire().release()
+        rundir.RunLock(p.parent).acquire().release()
 
 
 def test_a_busy_sweep_job_dir_is_refused_before_hydra_writes_into_it(tmp_cwd):
     """The log-file handler's lock (a sweep's job dirs are not on the command line, so refuse_if_busy cannot see
     them)."""
     job_dir = tmp_cwd / "outputs" / "sweep" / "job"
-    held = runlock.RunLock(job_dir).acquire()
+    held = rundir.RunLock(job_dir).acquire()
     try:
         before = files(job_dir)
         proc = run_cli(["train", "-m", *tiny_overrides("mlp", dataset="grid25", steps=2), "seed=0",
@@ -280,28 +280,28 @@ def test_a_busy_sweep_job_dir_is_refused_before_hydra_writes_into_it(tmp_cwd):
 
 
 def test_the_lock_conflicts_on_its_own_and_the_job_end_callback_releases_it(tmp_path):
-    runlock.hold(tmp_path)
-    assert runlock.hold(tmp_path) is runlock.hold(tmp_path)  # idempotent: the log handler, then the task
-    with pytest.raises(runlock.RunDirBusy, match=f"is in use by ganbench process {os.getpid()}"):
-        runlock.RunLock(tmp_path).acquire()  # another open file description: flock says no, even in-process
+    rundir.hold(tmp_path)
+    assert rundir.hold(tmp_path) is rundir.hold(tmp_path)  # idempotent: the log handler, then the task
+    with pytest.raises(rundir.RunDirBusy, match=f"is in use by ganbench process {os.getpid()}"):
+        rundir.RunLock(tmp_path).acquire()  # another open file description: flock says no, even in-process
     ReleaseAtJobEnd().on_job_end(config=None, job_return=None)
-    runlock.RunLock(tmp_path).acquire().release()
+    rundir.RunLock(tmp_path).acquire().release()
 
 
 def test_a_filesystem_without_locks_runs_unprotected_with_one_warning(tmp_path, monkeypatch, caplog):
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
     with caplog.at_level(logging.WARNING, logger="ganbench"):
-        lock = runlock.RunLock(tmp_path).acquire()
+        lock = rundir.RunLock(tmp_path).acquire()
     assert "cannot lock the run directory" in caplog.text and "would not be stopped" in caplog.text
     assert lock.fd is not None  # held (without a lock): the run goes on
     os.close(lock.fd)
 
 
 def test_train_log_on_a_full_disk_stays_quiet(tmp_path, capsys):
-    handler = runlock.RunLogFile(str(tmp_path / "train.log"))
+    handler = rundir.RunLogFile(str(tmp_path / "train.log"))
 
     def full(text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -384,17 +384,17 @@ def test_code_carrying_and_foreign_files_are_refused(tmp_path):
     checkpoint.save({"step": 1}, tmp_path / "checkpoints")
     (tmp_path / "evil.pt").rename(tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(GanbenchError, match="refused"):
-        checkpoint.load_latest(tmp_path)
+        rundir.load_latest(tmp_path)
 
 
 def test_load_latest_falls_back_to_prev_with_a_warning(tmp_path, ckpt_dir, caplog):
-    assert checkpoint.load_latest(tmp_path / "elsewhere") is None
-    state, path = checkpoint.load_latest(tmp_path)
+    assert rundir.load_latest(tmp_path / "elsewhere") is None
+    state, path = rundir.load_latest(tmp_path)
     assert (state["step"], path.name) == (2, "last.pt")
     last, prev = ckpt_dir / "last.pt", ckpt_dir / "prev.pt"
     last.write_bytes(last.read_bytes()[:200])
     with caplog.at_level(logging.WARNING, logger="ganbench"):
-        state, path = checkpoint.load_latest(tmp_path)
+        state, path = rundir.load_latest(tmp_path)
     assert (state["step"], path) == (1, prev)
     assert f"checkpoint {last} is corrupt or truncated" in caplog.text and f"resuming from {prev}" in caplog.text
     # The next save overwrites the damaged last.pt instead of rotating it over the good prev.pt.
@@ -404,7 +404,7 @@ def test_load_latest_falls_back_to_prev_with_a_warning(tmp_path, ckpt_dir, caplo
     prev.unlink()
     last.write_bytes(b"")
     with pytest.raises(checkpoint.DamagedCheckpoint, match="is empty"):
-        checkpoint.load_latest(tmp_path)
+        rundir.load_latest(tmp_path)
 
 
 def test_resume_auto_continues_from_prev_when_last_is_damaged(tmp_path, caplog):
@@ -430,7 +430,7 @@ def test_a_damaged_run_config_or_overrides_file_is_one_line(tmp_path):
     checkpoint.save({"step": 1}, run_dir / "checkpoints")
     (run_dir / ".hydra" / "overrides.yaml").write_text("- a: [\n")
     with pytest.raises(GanbenchError, match="the run's overrides .*overrides.yaml is damaged and cannot be read"):
-        config.prepare_argv(["steps=4", f"resume={run_dir}"])
+        rundir.prepare_train(["steps=4", f"resume={run_dir}"])
     for text, needle in (("x: [\n", "cannot be read"), ("", "empty"), ("a: 1\n", "no dataset or model")):
         (run_dir / ".hydra" / "config.yaml").write_text(text)
         with pytest.raises(GanbenchError, match=f"the run's config .*config.yaml is damaged.*{needle}"):
@@ -569,9 +569,9 @@ def test_a_checkpoint_from_before_the_mlp_init_option_resumes_into_the_default_o
     """Checkpoints written before `model.*.init` existed lack the key: they ran PyTorch's default init, so they resume
     into `init=default` and are refused for `init=he`, with the key named."""
     overrides = tiny_overrides("mlp", steps=4, dataset="grid25")
-    old = json.loads(config.identity(compose(overrides)))
+    old = json.loads(rundir.identity(compose(overrides)))
     del old["model.generator.init"], old["model.discriminator.init"]
-    config.check_resume_identity(json.dumps(old), config.identity(compose(overrides)), tmp_path / "last.pt")
+    rundir.check_resume_identity(json.dumps(old), rundir.identity(compose(overrides)), tmp_path / "last.pt")
     he = compose([*overrides, "model.generator.init=he"])
     with pytest.raises(GanbenchError, match=r"made with model\.generator\.init='default' but this run has .*'he'"):
-        config.check_resume_identity(json.dumps(old), config.identity(he), tmp_path / "last.pt")
+        rundir.check_resume_identity(json.dumps(old), rundir.identity(he), tmp_path / "last.pt")

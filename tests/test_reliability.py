@@ -16,7 +16,7 @@ from conftest import read_metrics, run_cli, tiny_overrides
 from test_faults import drive, finish
 from test_train import scalars
 
-from ganbench import checkpoint
+from ganbench import checkpoint, rundir
 
 # A toy run long enough to be killed mid-way: checkpoints every 5 steps, metrics every 50.
 OVER = tiny_overrides("mlp", dataset="grid25", steps=300, log_every=1, ckpt_every=5, eval_every=50, sample_every=100)
@@ -56,7 +56,7 @@ def test_kill9_five_times_then_resume_matches_an_unbroken_run(tmp_cwd):
         kills += result.returncode == -9
         assert result.returncode in (0, -9), result.stderr
         # Whatever the moment of the kill, a complete checkpoint remains.
-        assert checkpoint.load(checkpoint.find(run_dir))["step"] > 0
+        assert checkpoint.load(rundir.find_checkpoint(run_dir))["step"] > 0
     assert kills == 5  # every fault lands before the run's end
     proc = run_cli(args, tmp_cwd)
     assert proc.returncode == 0, proc.stderr
