@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
-import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ganbench import rundir
 from ganbench.errors import GanbenchError
 
 USAGE = "ganbench report SWEEP_DIR [--metric NAME] [--out DIR]"
@@ -58,6 +57,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
     wall_time_s: float | None = None
+    path: str = ""  # how it executed: graph, or eager and why (metrics.json's execution record)
     note: str = ""  # the error of a failed run, or why a record is missing
 
 
@@ -81,7 +81,7 @@ def _best(history: list, final: dict[str, float]) -> dict[str, float]:
 def _load_yaml(path: Path):
     try:
         return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError):
         return None
 
 
@@ -96,38 +96,50 @@ def _choice(group: str, choices: dict, overrides: list[str], config: dict) -> st
     return target.rsplit(".", 1)[-1] or "?"
 
 
-def _mapping(node, *keys) -> dict:
-    """``node[keys[0]][keys[1]]...`` where each level is a mapping; {} where one is not."""
-    for key in keys:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node if isinstance(node, dict) else {}
-
-
 def read_run(run_dir: Path) -> Run:
-    """One job's row: what its metrics.json (through :func:`ganbench.rundir.read_record`) and .hydra/ files say; a
-    missing or unreadable record is a row that says which, and why."""
-    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
-    overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
-    choices = _mapping(_load_yaml(run_dir / ".hydra" / "hydra.yaml"), "hydra", "runtime", "choices")
+    overrides = [str(o) for o in (_load_yaml(run_dir / ".hydra" / "overrides.yaml") or [])]
+    hydra_cfg = _load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+    choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
     note = "no metrics.json yet (starting, or stopped before its first record)"
     run = Run(run_dir.name, "missing", overrides, note=note)
     try:
-        record = rundir.read_record(run_dir)
-    except rundir.RecordProblem as e:
+        record = json.loads((run_dir / "metrics.json").read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
         record = {}
-        if e.status != "missing":
-            run.status, run.note = e.status, f"metrics.json {e.why}"
+    except (OSError, ValueError) as e:
+        record = {}
+        run.status, run.note = "unreadable", f"metrics.json cannot be read ({str(e).splitlines()[0][:120]})"
     if record:
         run.status, run.note = str(record.get("status", "unknown")), str(record.get("error") or "")
         run.step = record.get("step")
         run.metrics = _numbers(record.get("metrics"))
         run.best = _best(record.get("history"), run.metrics)
         run.wall_time_s = record.get("wall_time_s")
+        run.path = _path(record.get("execution"))
     config = record.get("config") or {}
     run.loss = _choice("loss", choices, overrides, config)
     run.constraint = _choice("constraint", choices, overrides, config)
     run.dataset = _choice("dataset", choices, overrides, config)
     return run
+
+
+def _path(execution) -> str:
+    """``graph``, or ``eager (<reason>)``; '' for a record without one."""
+    if not isinstance(execution, dict) or "path" not in execution:
+        return ""
+    reason = execution.get("reason")
+    return f"{execution['path']} ({reason})" if reason and execution["path"] != "graph" else str(execution["path"])
+
+
+def _path_note(runs: list[Run]) -> list[str]:
+    """One line when the jobs took different execution paths (graph vs eager); none when they agree."""
+    kinds = {r.path.split(" ")[0] for r in runs if r.path}
+    if len(kinds) < 2:
+        return []
+    counts = ", ".join(f"{sum(r.path.split(' ')[0] == k for r in runs)} {k}" for k in sorted(kinds))
+    return ["", f"Note: the jobs took different execution paths ({counts}); see the path column."]
 
 
 def _job_order(path: Path):
@@ -140,13 +152,9 @@ def read_sweep(sweep_dir: Path) -> list[Run]:
     if not sweep_dir.is_dir():
         raise GanbenchError(f"{sweep_dir} is not a directory; give a sweep directory such as "
                             f"outputs/multirun/<date>_<time>.")
-    try:
-        entries = list(sweep_dir.iterdir())
-    except OSError as e:
-        raise GanbenchError(f"cannot read the sweep directory {sweep_dir} ({e.strerror or e}).") from None
-    dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")
-            and (os.path.lexists(p / "metrics.json") or (p / ".hydra").is_dir())]
-    if not dirs and os.path.lexists(sweep_dir / "metrics.json"):
+    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            and ((p / "metrics.json").is_file() or (p / ".hydra").is_dir())]
+    if not dirs and (sweep_dir / "metrics.json").is_file():
         dirs = [sweep_dir]  # a single run directory: a report of one
     if not dirs:
         raise GanbenchError(f"{sweep_dir} holds no runs (no <run>/metrics.json or <run>/.hydra/); give a sweep "
@@ -224,13 +232,15 @@ def to_markdown(runs: list[Run], metrics: list[str], sweep_dir: Path, heatmap: s
              f"Metrics are the final evaluation; *best* is over the run's evaluations ({best_rule}).", ""]
     if common:
         lines += ["Common overrides: `" + " ".join(common) + "`", ""]
-    header = ["run", "overrides", "status", "step", *metrics, *(f"best {m}" for m in metrics), "wall time (s)"]
+    header = ["run", "overrides", "status", "step", *metrics, *(f"best {m}" for m in metrics), "wall time (s)",
+              "path"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in runs:
         cells = [r.name, " ".join(varying[r.name]), r.status, _fmt(r.step),
                  *(_fmt(r.metrics.get(m)) for m in metrics), *(_fmt(r.best.get(m)) for m in metrics),
-                 _fmt(r.wall_time_s)]
+                 _fmt(r.wall_time_s), r.path]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += _path_note(runs)
     lines += _seed_lines(runs)
     unfinished = [r for r in runs if r.status != "completed"]
     if unfinished:
@@ -243,14 +253,15 @@ def to_markdown(runs: list[Run], metrics: list[str], sweep_dir: Path, heatmap: s
 
 def write_csv(runs: list[Run], metrics: list[str], path: Path) -> None:
     header = ["run", "overrides", "loss", "constraint", "status", "step", *metrics, *(f"best_{m}" for m in metrics),
-              "wall_time_s", "error"]
+              "wall_time_s", "error", "path"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in runs:
             w.writerow([r.name, " ".join(r.overrides), r.loss, r.constraint, r.status, "" if r.step is None else r.step,
                         *(r.metrics.get(m, "") for m in metrics), *(r.best.get(m, "") for m in metrics),
-                        "" if r.wall_time_s is None else r.wall_time_s, r.note if r.status != "completed" else ""])
+                        "" if r.wall_time_s is None else r.wall_time_s, r.note if r.status != "completed" else "",
+                        r.path])
 
 
 def cell_stats(runs: list[Run], metric: str) -> tuple[list[str], list[str], dict]:
@@ -373,16 +384,9 @@ def main(argv: list[str]) -> int:
                          f"{metric}: final value, mean ± std over runs\n{args.sweep_dir.resolve().name}")
         except ImportError:
             heatmap, note = None, "no heatmap: it needs matplotlib (pip install 'ganbench[sweep]')."
-        except OSError as e:
-            raise GanbenchError(f"cannot write {out / heatmap} ({e.strerror or e}); give --out a writable "
-                                f"directory.") from None
     text = to_markdown(runs, metrics, args.sweep_dir, heatmap)
-    try:
-        (out / "report.md").write_text(text)
-        write_csv(runs, metrics, out / "report.csv")
-    except OSError as e:
-        raise GanbenchError(f"cannot write the report into {out} ({e.strerror or e}); give --out a writable "
-                            f"directory.") from None
+    (out / "report.md").write_text(text)
+    write_csv(runs, metrics, out / "report.csv")
     print(text, end="")
     written = ["report.md", "report.csv", *([heatmap] if heatmap else [])]
     print(f"\nwrote {', '.join(str(out / w) for w in written)}")

@@ -52,6 +52,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     iteration = partial(train_iteration, r, Dw, penalties)
     if not r.world.active:  # under torchrun the iteration holds collectives: it stays eager
         iteration = fastpath.make_iteration(r, iteration, cfg, log)  # CUDA graph
+    record.execution = partial(fastpath.execution, iteration, r, r.step)  # graph or eager, and why
     tb = RunLogger(run_dir, purge_step=r.step + 1 if r.step else None) if r.world.main else distributed.Silent()
     announce(r, run_dir, tb)
     scalars = Scalars(r, Dw, tb, Progress(cfg.steps, r.step, cfg.progress and r.world.main))
@@ -89,8 +90,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         finally:
             scalars.progress.close()
             record.write()
+            execution = record.execution() if record.execution is not None else None
+            if execution is not None:
+                tb.text("execution", fastpath.execution_text(execution), r.step)
             if record.status == "completed":
-                tb.hparams(config.hparams(cfg), record.metrics)
+                tb.hparams({**config.hparams(cfg), **({"execution": execution["path"]} if execution else {})},
+                           record.metrics)
             tb.close()
     if exit_code:
         stop.pass_on()  # e.g. submitit's requeue, now that the checkpoint is saved
@@ -271,6 +276,7 @@ class Record:
         self.status, self.error = "failed", None
         self.metrics: dict = {}
         self.protocol: dict = {}
+        self.execution: Callable[[], dict] | None = None  # how the iteration runs (fastpath.execution)
 
     def attach(self, r: Run, ckpts: Checkpoints) -> None:
         self.r, self.ckpts = r, ckpts
@@ -321,6 +327,8 @@ class Record:
         }
         if self.error:
             record["error"] = self.error
+        if self.execution is not None:
+            record["execution"] = self.execution()
         text = json.dumps(record, indent=2, default=str).encode()
         try:
             checkpoint.atomic_write_bytes(self.run_dir / "metrics.json", lambda f: f.write(text))

@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# Issue 12's GPU checks in one command of at most 9 minutes: the fast path's tests, graph-vs-eager agreement,
-# `ganbench bench` for the issue's targets (ratios beside the eager reference), and the default job's wall time.
+# The GPU checks in one command of at most 8 minutes: the CUDA tests (every pair through the CUDA graph, state-level
+# graph-vs-eager agreement, equal checkpoints, kill and resume, a failed capture then a second one), `ganbench bench`
+# for issue 32's targets (ratios beside the eager reference), the default job's wall time and execution record, and
+# loss-level graph-vs-eager agreement at real sizes.
 #
 # Prepare here, in the project root (the GPU machine has torch but no package index):
-#   bash ../shared/tools/device-wheels.sh            # -> .whl/ (git-ignored): hydra, omegaconf, POT, ... + ganbench
+#   bash scripts/gpu_check.sh prepare   # ../shared/tools/device-wheels.sh -> .whl/, plus pytest and pytest-xdist
 # Then one device call:
 #   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
-# Every log goes to $OUT (8 files at most come back): summary.txt (stage by stage, with exit codes and seconds),
-# pytest_gpu.log, agreement.log, bench.log, train_default.log, metrics_default.json, samples_default.png, env.txt.
-# Stages run in priority order under one 530 s budget. A stage that would not fit is skipped and says so.
+# Every log goes to $OUT: summary.txt (one screen: stage by stage, with exit codes and seconds), pytest_gpu.log,
+# bench.log, train_default.log, metrics_default.json, samples_default.png, agreement.log, env.txt.
+# Stages run in priority order under one budget (GPU_CHECK_BUDGET, 470 s). A stage that would not fit is skipped and
+# says so. The installed ganbench is this checkout's code: its sources are copied over the carried wheel's.
 #
-# On the CPU (no install, tiny models, 1 timed iteration) the same stages check the script itself:
+# On the CPU (no install, tiny models, 1 timed iteration; the gpu tests are collected and skipped) the same stages
+# check the script itself:
 #   GPU_CHECK_DRY=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == prepare ]]; then
+  set -e
+  bash ../shared/tools/device-wheels.sh
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
+    pytest pluggy iniconfig packaging pytest-xdist execnet
+  ls .whl
+  exit 0
+fi
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
-BUDGET=${GPU_CHECK_BUDGET:-530}
+BUDGET=${GPU_CHECK_BUDGET:-470}
 export PYTHONUNBUFFERED=1 GANBENCH_CACHE=/tmp/ganbench-cache
 SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
@@ -55,17 +67,14 @@ stage() {
   note "$( ((rc == 0)) && echo 'OK  ' || echo 'FAIL') $name  rc=$rc  $((SECONDS - t0))s$( ((rc == 124)) && echo " (timed out at ${limit}s)")"
 }
 
-# 0. Dependencies: the carried wheels, then ganbench built from this checkout (so it is the code under test, not
-#    whatever ganbench wheel .whl/ holds; the carried one is the fallback).
+# 0. Dependencies: the carried wheels, as ../shared/tools/device-wheels.sh's header says; then this checkout's sources
+#    over the installed ganbench (so the code under test is the checkout's, whatever wheel .whl/ holds).
 if [[ -z "${GPU_CHECK_DRY:-}" ]]; then
   stage "install carried wheels" 120 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target /tmp/site $(ls .whl/*.whl 2>/dev/null | grep -v '/ganbench-') 2>&1 | tail -3
-  export PYTHONPATH=/tmp/site
-  stage "install ganbench from the checkout" 120 $PY -m pip install -q --no-index --no-deps --no-build-isolation \
-    --no-compile --no-cache-dir --target /tmp/site . 2>&1 | tail -3
-  [[ -f /tmp/site/ganbench/fastpath.py ]] || stage "install the carried ganbench wheel (may be older)" 60 \
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/ganbench-*.whl 2>&1 | tail -3
-  export PATH=/tmp/site/bin:$PATH PYTHONSAFEPATH=1  # PYTHONSAFEPATH: import the installed ganbench, not the checkout's
+    --target /tmp/site .whl/*.whl 2>&1 | tail -3
+  [[ -d /tmp/site/ganbench ]] || { note "FAIL  no ganbench in /tmp/site: run 'bash scripts/gpu_check.sh prepare' here"; exit 1; }
+  cp -r ganbench/. /tmp/site/ganbench/ && cp -r conf/. /tmp/site/ganbench/conf/
+  export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONSAFEPATH=1  # import the installed ganbench (with conf)
 fi
 {
   date -u; nvidia-smi 2>&1 | head -15
@@ -76,13 +85,48 @@ fi
 } > "$OUT/env.txt" 2>&1
 note "env: $(tail -n +1 "$OUT/env.txt" | grep -m1 '^3\.' || echo 'python/torch line missing, see env.txt')"
 
-# 1. The GPU tests: every pair on the GPU (tests/test_gpu.py) and the fast path's graph-vs-eager tests.
-stage "pytest -m gpu" 170 $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_fastpath.py -p no:cacheprovider \
-  $( [[ -z "${GPU_CHECK_DRY:-}" ]] && echo "-n 8" ) > "$OUT/pytest_gpu.log" 2>&1
+# 1. The GPU tests: every pair through the graph, state-level agreement, checkpoints, kill and resume, a failed
+#    capture then a second one (tests/test_gpu.py), loss-level graph-vs-eager agreement (tests/test_fastpath.py).
+XDIST=$( [[ -z "${GPU_CHECK_DRY:-}" ]] && $PY -c "import xdist" 2>/dev/null && echo "-n 6" )
+stage "pytest -m gpu" 210 $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_fastpath.py -p no:cacheprovider \
+  $XDIST > "$OUT/pytest_gpu.log" 2>&1
 note "      $(tail -1 "$OUT/pytest_gpu.log")"
+grep -E '^(FAILED|ERROR)' "$OUT/pytest_gpu.log" | head -8 | cut -c1-160 | while read -r line; do note "      $line"; done
 
-# 2. Graph vs eager, first $STEPS steps, at the issue's real sizes: the largest differences, step by step.
-stage "graph-vs-eager agreement" 90 $PY - "$DEVICE" "$STEPS" "${TINY[@]}" > "$OUT/agreement.log" 2>&1 <<'EOF'
+# 2. `ganbench bench` for issue 32's targets, most important first. Ratio lines go to the summary.
+: > "$OUT/bench.log"
+bench() {  # bench LABEL OVERRIDES...
+  local label=$1; shift
+  stage "bench $label" 75 $PY -m ganbench.cli bench "${ITERS[@]}" "$@" "${TINY[@]}" "device=$DEVICE" \
+    > /tmp/gpu_check_bench.txt 2>&1
+  { echo "### $label: ganbench bench ${ITERS[*]} $* ${TINY[*]} device=$DEVICE"; cat /tmp/gpu_check_bench.txt; echo; } \
+    >> "$OUT/bench.log"
+  note "      $(grep -E '^(ganbench   |reference  none)' /tmp/gpu_check_bench.txt)"
+  note "      $(grep -E '^(ratio|ganbench: error)' /tmp/gpu_check_bench.txt || tail -1 /tmp/gpu_check_bench.txt)"
+}
+SNGAN=(model=sngan_cnn batch_size=64 n_dis=5)
+bench "sngan_cnn b64 n_dis 5 hinge+sn (target >= 2.5x)" "${SNGAN[@]}" loss=hinge constraint=sn
+bench "sngan_cnn b64 n_dis 5 wgan_gp (target >= 2.5x)" "${SNGAN[@]}" loss=wgan_gp constraint=none
+bench "sngan_cnn b64 n_dis 5 sgan+gn (target >= 2.5x)" "${SNGAN[@]}" loss=sgan constraint=gn
+bench "dcgan_small n_dis 1 hinge+sn, default job shapes (target >= 4x)" model=dcgan_small n_dis=1 loss=hinge constraint=sn
+
+# 3. The default job, as a user runs it: wall time, steps/s, the fast path's log line, the metric curve.
+rm -rf /tmp/gb_default
+stage "default job (ganbench train)" 150 $PY -m ganbench.cli train "${TRAIN_TINY[@]}" "device=$DEVICE" progress=false \
+  hydra.run.dir=/tmp/gb_default > "$OUT/train_default.log" 2>&1
+cp /tmp/gb_default/metrics.json "$OUT/metrics_default.json" 2>/dev/null
+cp "$(ls /tmp/gb_default/samples/*.png 2>/dev/null | tail -1)" "$OUT/samples_default.png" 2>/dev/null
+note "      $(grep -m1 'fast path' "$OUT/train_default.log" || echo 'no fast-path log line in train_default.log')"
+note "      $($PY -c "import json; e = json.load(open('$OUT/metrics_default.json'))['execution'];
+print('execution:', e['path'], '|', e['reason'], '|', e['self_check'], '| eager', e['eager_iterations'], 'of',
+      e['iterations'], '|', e['precision'], e['device'], 'torch', e['torch'], 'cuda', e['cuda'])" 2>&1 | tail -1)"
+note "      $($PY -c "import json; m = json.load(open('$OUT/metrics_default.json'));
+print('wall_time_s', m['wall_time_s'], 'status', m['status'], 'history',
+      [(h['step'], {k: round(v, 1) for k, v in h['metrics'].items()}) for h in m['history']])" 2>&1 | tail -1)"
+note "      $(grep -E 'steps/s' "$OUT/train_default.log" | tail -1)"
+
+# 4. Graph vs eager losses, first $STEPS steps, at real sizes: the largest differences, step by step.
+stage "graph-vs-eager agreement" 80 $PY - "$DEVICE" "$STEPS" "${TINY[@]}" > "$OUT/agreement.log" 2>&1 <<'EOF'
 import logging, sys, time
 from functools import partial
 import torch
@@ -147,35 +191,6 @@ for name, overrides in CASES.items():
 sys.exit(1 if bad and device == "cuda" else 0)
 EOF
 while read -r line; do note "      $line"; done < <(grep -E '^(ok |BAD)' "$OUT/agreement.log")
-
-# 3. `ganbench bench` for the issue's targets, most important first. Ratio lines go to the summary.
-: > "$OUT/bench.log"
-bench() {  # bench LABEL OVERRIDES...
-  local label=$1; shift
-  stage "bench $label" 75 $PY -m ganbench.cli bench "${ITERS[@]}" "$@" "${TINY[@]}" "device=$DEVICE" \
-    > /tmp/gpu_check_bench.txt 2>&1
-  { echo "### $label: ganbench bench ${ITERS[*]} $* ${TINY[*]} device=$DEVICE"; cat /tmp/gpu_check_bench.txt; echo; } \
-    >> "$OUT/bench.log"
-  note "      $(grep -E '^(ganbench   |reference  none)' /tmp/gpu_check_bench.txt)"
-  note "      $(grep -E '^(ratio|ganbench: error)' /tmp/gpu_check_bench.txt || tail -1 /tmp/gpu_check_bench.txt)"
-}
-SNGAN=(model=sngan_cnn batch_size=64 n_dis=5)
-bench "sngan_cnn b64 n_dis 5 hinge+sn (target >= 2.5x)" "${SNGAN[@]}" loss=hinge constraint=sn
-bench "sngan_cnn b64 n_dis 5 wgan_gp (target >= 2.5x)" "${SNGAN[@]}" loss=wgan_gp constraint=none
-bench "sngan_cnn b64 n_dis 5 sgan+gn (target >= 2.5x)" "${SNGAN[@]}" loss=sgan constraint=gn
-bench "dcgan_small n_dis 1 hinge+sn, default job shapes (target >= 4x)" model=dcgan_small n_dis=1 loss=hinge constraint=sn
-
-# 4. The default job, as a user runs it: wall time, steps/s, the fast path's log line, the metric curve.
-rm -rf /tmp/gb_default
-stage "default job (ganbench train)" 170 $PY -m ganbench.cli train "${TRAIN_TINY[@]}" "device=$DEVICE" progress=false \
-  hydra.run.dir=/tmp/gb_default > "$OUT/train_default.log" 2>&1
-cp /tmp/gb_default/metrics.json "$OUT/metrics_default.json" 2>/dev/null
-cp "$(ls /tmp/gb_default/samples/*.png 2>/dev/null | tail -1)" "$OUT/samples_default.png" 2>/dev/null
-note "      $(grep -m1 'fast path' "$OUT/train_default.log" || echo 'no fast-path log line in train_default.log')"
-note "      $($PY -c "import json; m = json.load(open('$OUT/metrics_default.json'));
-print('wall_time_s', m['wall_time_s'], 'status', m['status'], 'history',
-      [(h['step'], {k: round(v, 1) for k, v in h['metrics'].items()}) for h in m['history']])" 2>&1 | tail -1)"
-note "      $(grep -E 'steps/s' "$OUT/train_default.log" | tail -1)"
 
 # 5. Also asked for: batch 256, sngan_resnet, bf16, and ganbench eager (fast=false) against the same reference.
 BIG=(model=sngan_cnn batch_size=256 n_dis=5)

@@ -2,15 +2,19 @@
 
 On the CPU: make_iteration leaves the iteration alone, and everything the graph path runs besides the capture
 computes what the eager path computes. That is the capturable optimizers, the tensor lr, the schedulers held back
-during the iteration and stepped after it, and the checkpoint format. Capture itself needs CUDA: the ``gpu`` tests at
-the bottom check graph-vs-eager agreement over the first 50 steps, and the eager fallback.
+during the iteration and stepped after it, and the checkpoint format. GraphedIteration's own logic (warm-up, capture,
+self-check, replays, the unwinding of a failed capture) runs over an emulated torch.cuda (:class:`FakeCuda`). Capture
+itself needs CUDA: the ``gpu`` tests at the bottom check graph-vs-eager agreement of the losses over the first
+iterations; tests/test_gpu.py holds the state-level, checkpoint, resume and failed-capture checks.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
+import json
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from types import SimpleNamespace
 
@@ -186,63 +190,135 @@ def test_held_back_schedulers_do_not_step_and_come_back():
     assert [s.last_epoch for s in r.schedulers] == [1, 1]
 
 
-def test_an_optimizer_without_a_capturable_mode_is_named():
-    r, _ = make_run(tiny_overrides("dcgan"))
-    assert fastpath.not_capturable(r) is None
+def test_reasons_for_eager_are_named():
+    r, eager = make_run(tiny_overrides("dcgan"))
+    assert fastpath.not_capturable(r) == "cpu"
+    record = fastpath.execution(eager, r, 0)
+    assert record["path"] == "eager" and record["reason"] == "cpu" and record["self_check"] == "not run"
     dataset, device = r.dataset, r.device
     r.device, r.dataset = torch.device("cuda"), SimpleNamespace(device=torch.device("cuda:0"))  # the same place
     assert fastpath.not_capturable(r) is None
+    r.cfg.fast = False
+    assert fastpath.not_capturable(r) == "fast=false"
+    r.cfg.fast = True
     r.dataset = SimpleNamespace(device=torch.device("cpu"))
     assert fastpath.not_capturable(r) == "the dataset is on cpu, not on cuda"
-    r.dataset, r.device = dataset, device
+    r.dataset = dataset
     r.opt_d = torch.optim.SGD(r.D.parameters(), lr=0.1)
     assert fastpath.not_capturable(r) == "the D optimizer (SGD) has no capturable mode"
+    r.device = device
 
 
 class FakeCuda:
-    """torch.cuda's stream/graph/generator calls as GraphedIteration makes them, emulated on the CPU.
+    """torch.cuda's stream/graph/pool/generator calls as GraphedIteration makes them, emulated on the CPU.
 
     A "capture" runs the iteration and then puts every weight, buffer, optimizer state and the RNG back, so it leaves
     no trace, as a real capture does (it records kernels without running them). A "replay" runs the iteration again
-    and copies its results into the tensors the capture returned, as a real replay overwrites its static outputs.
-    ``fail`` makes the capture fail the way a host sync does: the body raises, then the capture's end raises again.
+    and copies its results into the tensors the capture returned, as a real replay overwrites its static outputs;
+    ``corrupt`` makes the first replay differ from the eager iteration the way a broken graph would.
+
+    The caching allocator is modelled as far as a failed capture touches it: private pools with use counts, the list
+    of captures under way, and ``empty_cache``, which fails while a capture is counted as under way. ``fail`` makes
+    the capture fail the way a host sync does: the body raises and ``capture_end`` raises again. How torch unwinds
+    that differs by version; ``version`` picks one: "2.11" (``capture_end`` raises before it ends the allocation to
+    the pool, and ``reset`` keeps a failed capture's pool) or "2.14" (both done by torch).
     """
 
-    def __init__(self, r, eager, fail: bool = False):
-        self.r, self.eager, self.fail, self.capturing, self.restored = r, eager, fail, False, []
-        self.last_out = None
+    def __init__(self, r, eager, fail: bool = False, version: str = "2.11", corrupt: str | None = None):
+        self.r, self.eager, self.fail, self.version, self.corrupt = r, eager, fail, version, corrupt
+        self.capturing, self.graph, self.last_out = False, None, None
+        self.restored, self.pools, self.underway, self.freed, self.errors = [], {}, [], [], []
+        self.next_pool = 0
 
     def iteration(self):
         if self.capturing and self.fail:
+            self.graph.invalid = True
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
         self.last_out = self.eager()
         return self.last_out
 
-    def install(self, monkeypatch) -> None:
+    def release(self, pool) -> None:
+        self.pools[pool] -= 1
+        if self.pools[pool] < 0:
+            self.errors.append(f"releasePool {pool}: uc >= 0 INTERNAL ASSERT FAILED")
+
+    def end_allocate(self, index, pool) -> None:
+        if pool not in self.underway:
+            raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+        self.underway.remove(pool)
+
+    def empty_cache(self) -> None:
+        if self.underway:
+            raise RuntimeError("captures_underway.empty() INTERNAL ASSERT FAILED")
+        for pool in [p for p, n in self.pools.items() if n == 0]:
+            del self.pools[pool]
+            self.freed.append(pool)
+
+    def install(self, monkeypatch) -> FakeCuda:
         fake = self
 
+        class MemPool:
+            def __init__(self):
+                fake.next_pool += 1
+                self.id = (0, fake.next_pool)
+                fake.pools[self.id] = 1
+
+            def use_count(self) -> int:
+                return fake.pools[self.id]
+
+            def __del__(self):
+                fake.release(self.id)
+
         class Graph:
+            def __init__(self):
+                self.pool, self.invalid, self.ended, self.released = None, False, False, False
+
+            def capture_begin(self, pool=None, capture_error_mode="global"):
+                self.pool = pool
+                fake.pools[pool] += 1
+                fake.underway.append(pool)
+                self.saved = [(t, t.detach().clone()) for t in state_tensors(fake.r)], torch.get_rng_state()
+                fake.capturing, fake.graph = True, self
+
+            def capture_end(self):
+                fake.capturing, fake.graph = False, None
+                with torch.no_grad():
+                    for t, copy in self.saved[0]:
+                        t.copy_(copy)
+                torch.set_rng_state(self.saved[1])
+                if self.invalid:
+                    if fake.version == "2.14":
+                        fake.end_allocate(0, self.pool)
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+                fake.end_allocate(0, self.pool)
+                self.ended, self.out = True, fake.last_out
+
             def replay(self):  # a replay runs no Python: the schedulers are GraphedIteration's to step
-                with fastpath.held_back(fake.r.schedulers):
+                r = fake.r
+                kept = {"ema": [p for p in r.G_ema.parameters()] if r.G_ema is not None else [],
+                        "bn": [b for n, b in r.G.named_buffers() if n.endswith("running_mean")],
+                        "sn_u": [b for n, b in r.D.named_buffers() if n.endswith("_u")]}.get(fake.corrupt, [])
+                kept = [(t, t.detach().clone()) for t in kept]
+                d_before = [p.detach().clone() for p in r.D.parameters()]
+                with fastpath.held_back(r.schedulers):
                     fresh = fake.eager()
                 for static, fresh_tensor in zip(flat(self.out), flat(fresh)):
                     static.copy_(fresh_tensor)
-
-        @contextmanager
-        def graph(g, stream=None):
-            saved = [(t, t.detach().clone()) for t in state_tensors(fake.r)], torch.get_rng_state()
-            fake.capturing = True
-            try:
-                yield
-            except RuntimeError as e:
-                raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from e
-            finally:
-                fake.capturing = False
                 with torch.no_grad():
-                    for t, copy in saved[0]:
-                        t.copy_(copy)
-                torch.set_rng_state(saved[1])
-            g.out = fake.last_out
+                    for t, value in kept:
+                        t.copy_(value)
+                    if fake.corrupt == "lr":  # D's step 2 % longer than the eager one
+                        for p, before in zip(r.D.parameters(), d_before):
+                            p.copy_(before + 1.02 * (p - before))
+                fake.corrupt = None  # broken once is enough: the self-check sees the first replay
+
+            def reset(self):
+                if not self.released and (self.ended or (self.pool is not None and fake.version == "2.14")):
+                    fake.release(self.pool)
+                self.released = True
+
+            def __del__(self):  # as torch's CUDAGraph destructor
+                self.reset()
 
         class Generator:
             def clone_state(self):
@@ -250,6 +326,12 @@ class FakeCuda:
 
             def graphsafe_set_state(self, state):
                 fake.restored.append(state)
+
+            def get_state(self):
+                return torch.get_rng_state()
+
+            def set_state(self, state):
+                torch.set_rng_state(state)
 
         class Stream:
             def __init__(self, device=None):
@@ -259,10 +341,19 @@ class FakeCuda:
                 pass
 
         fakes = {"Stream": Stream, "stream": lambda s: nullcontext(), "current_stream": lambda d=None: Stream(),
-                 "CUDAGraph": Graph, "graph": graph, "default_generators": [Generator()],
-                 "current_device": lambda: 0, "synchronize": lambda d=None: None}
+                 "CUDAGraph": Graph, "MemPool": MemPool, "default_generators": [Generator()],
+                 "current_device": lambda: 0, "synchronize": lambda d=None: None, "empty_cache": self.empty_cache}
         for name, value in fakes.items():
             monkeypatch.setattr(torch.cuda, name, value, raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", self.end_allocate, raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda index, pool: self.release(pool), raising=False)
+        return self
+
+    def assert_healthy(self) -> None:
+        """No capture counted as under way, no allocator assertion hit, every pool freed once nothing holds it."""
+        gc.collect()
+        self.empty_cache()
+        assert self.underway == [] and self.errors == [] and self.pools == {}, (self.underway, self.errors, self.pools)
 
 
 def flat(out) -> list[torch.Tensor]:
@@ -275,41 +366,150 @@ def state_tensors(r) -> list[torch.Tensor]:
             *(v for opt in (r.opt_g, r.opt_d) for s in opt.state.values() for v in s.values() if torch.is_tensor(v))]
 
 
-@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
-def test_graphed_iteration_logic_with_an_emulated_capture(capturable_on_cpu, monkeypatch, caplog, fail):
-    """GraphedIteration's own logic on the CPU: 3 eager warm-ups, capture, replays whose static outputs the next
-    call overwrites, schedulers stepped after each replay; or, when the capture fails, the generator restored, one
-    log line and eager from then on. Either way its losses, weights and lr are the eager iteration's, bit for bit."""
-    overrides = tiny_overrides("dcgan", steps=20, loss="wgan_gp", constraint="none", ema_decay=0.9,
-                               **{"optim.decay": "linear"})
+EMULATED = dict(loss="wgan_gp", constraint="sn", ema_decay=0.9, **{"optim.decay": "linear"})
+
+
+def emulated(monkeypatch, steps: int = 8, **fake_args):
+    """(losses of ``steps`` calls of a GraphedIteration over the emulated capture, its static-output identities,
+    the run, the FakeCuda, the iteration) and the reference: the eager iteration with the same optimizer arithmetic."""
+    overrides = tiny_overrides("dcgan", steps=20, **EMULATED)
     r_ref, eager = make_run(overrides)
-    expected = losses(prepared_iteration(r_ref, eager), 8)
+    expected = losses(prepared_iteration(r_ref, eager), steps)
     r, eager = make_run(overrides)
     fastpath.prepare(r)
-    fake = FakeCuda(r, eager, fail)
-    fake.install(monkeypatch)
+    fake = FakeCuda(r, eager, **fake_args).install(monkeypatch)
+    iteration = fastpath.GraphedIteration(fake.iteration, r, log, exact=True)
     outs, got = [], []
+    for _ in range(steps):
+        d, g = iteration()
+        outs.append(d.total)
+        got.append(torch.stack([d.total.clone(), g.total.clone()]))
+    return torch.stack(got), outs, r, fake, iteration, expected, r_ref
+
+
+def fast_path_lines(caplog) -> list[str]:
+    return [rec.getMessage() for rec in caplog.records if "fast path" in rec.getMessage()]
+
+
+@pytest.mark.parametrize("version", ["2.11", "2.14"])
+@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
+def test_graphed_iteration_logic_with_an_emulated_capture(capturable_on_cpu, monkeypatch, caplog, fail, version):
+    """GraphedIteration's own logic on the CPU: 3 eager warm-ups, capture, self-check, replays whose static outputs
+    the next call overwrites, schedulers stepped after each replay; or, when the capture fails, the capture unwound
+    (no capture left under way, the pool released, the generator restored), one warning and eager from then on.
+    Either way its losses, weights and lr are the eager iteration's, bit for bit, and the allocator is healthy."""
     with caplog.at_level(logging.INFO, logger="ganbench"):
-        iteration = fastpath.GraphedIteration(fake.iteration, r, log)
-        for _ in range(8):
-            d, g = iteration()
-            outs.append(d.total)
-            got.append(torch.stack([d.total.clone(), g.total.clone()]))
-    assert torch.equal(torch.stack(got), expected)
-    lines = [rec.getMessage() for rec in caplog.records if "fast path" in rec.getMessage()]
+        got, outs, r, fake, iteration, expected, r_ref = emulated(monkeypatch, fail=fail, version=version)
+    assert torch.equal(got, expected)
+    lines = fast_path_lines(caplog)
     assert len(lines) == 1, lines
+    record = iteration.execution()
     if fail:
         assert fake.restored == ["state before the capture"]
-        assert fastpath.describe(iteration) == ("eager fallback (capture failed: RuntimeError: CUDA error: operation "
-                                                "not permitted when stream is capturing)")
-        assert "runs eagerly from now on" in lines[0]
+        why = "capture failed: RuntimeError: CUDA error: operation not permitted when stream is capturing"
+        assert fastpath.describe(iteration) == f"eager fallback ({why})"
+        assert "runs eagerly from now on" in lines[0] and why in lines[0]
+        assert caplog.records[-1].levelno == logging.WARNING
+        assert record == {"path": "eager", "reason": why, "self_check": "not run", "eager_iterations": 8}
     else:
         assert fake.restored == [] and fastpath.describe(iteration).startswith("CUDA graph (")
-        assert "runs as one CUDA graph" in lines[0]
+        assert "runs as one CUDA graph" in lines[0] and "self-check passed, bit for bit" in lines[0]
         assert all(t is outs[3] for t in outs[3:])  # static outputs from the capture on, overwritten by each call
+        assert record == {"path": "graph", "reason": None, "self_check": "passed, bit for bit", "eager_iterations": 3}
     assert all(torch.equal(a, b) for a, b in zip(weights(r), weights(r_ref)))
+    assert all(torch.equal(a, b) for a, b in zip(r.G_ema.state_dict().values(), r_ref.G_ema.state_dict().values()))
     assert [float(g["lr"]) for g in r.opt_d.param_groups] == [float(g["lr"]) for g in r_ref.opt_d.param_groups]
     assert [s.last_epoch for s in r.schedulers] == [8, 8]
+    del iteration
+    fake.assert_healthy()
+
+
+@pytest.mark.parametrize("version", ["2.11", "2.14"])
+def test_a_failed_capture_leaves_the_process_able_to_capture_again(capturable_on_cpu, monkeypatch, version):
+    """A failed capture, then empty_cache() and a second capture (the next job of a sweep in the same process): the
+    second one is captured and passes its self-check. Without the unwinding, torch 2.11 would leave the first
+    capture counted as under way, and the empty_cache() before the second capture would fail."""
+    _, _, _, fake, first, _, _ = emulated(monkeypatch, steps=5, fail=True, version=version)
+    assert first.execution()["path"] == "eager"
+    torch.cuda.empty_cache()
+    assert fake.underway == [] and fake.errors == []
+    overrides = tiny_overrides("dcgan", steps=20, **EMULATED)
+    r, eager = make_run(overrides)
+    fastpath.prepare(r)
+    fake.r, fake.eager, fake.fail = r, eager, False
+    second = fastpath.GraphedIteration(fake.iteration, r, log, exact=True)
+    got = losses(second, 6)
+    r_ref, eager_ref = make_run(overrides)
+    assert torch.equal(got, losses(prepared_iteration(r_ref, eager_ref), 6))
+    assert second.execution() == {"path": "graph", "reason": None, "self_check": "passed, bit for bit",
+                                  "eager_iterations": 3}
+    del first, second
+    fake.assert_healthy()
+
+
+CORRUPTIONS = {"ema": "G_ema.", "bn": ".running_mean", "sn_u": "._u", "lr": "D."}
+
+
+@pytest.mark.parametrize("corrupt", list(CORRUPTIONS))
+def test_the_self_check_catches_a_graph_that_differs_and_falls_back(capturable_on_cpu, monkeypatch, caplog,
+                                                                     corrupt):
+    """A graph whose first replay leaves the EMA, BatchNorm's running mean or spectral norm's u as they were, or moves
+    D 2 % further than the eager step (an lr off by 2 %): the self-check names the tensor in one warning and the run
+    goes on eagerly from the eager iteration's state, exactly as an eager run (the tolerance mode catches it too)."""
+    with caplog.at_level(logging.INFO, logger="ganbench"):
+        got, _, r, fake, iteration, expected, r_ref = emulated(monkeypatch, corrupt=corrupt)
+    lines = fast_path_lines(caplog)
+    assert len(lines) == 1 and caplog.records[-1].levelno == logging.WARNING, lines
+    record = iteration.execution()
+    assert record["path"] == "eager" and record["eager_iterations"] == 8
+    assert record["reason"].startswith("self-check failed: ") and record["reason"] in lines[0]
+    bad = record["reason"].split("failed: ")[1].split(" differs")[0]
+    assert CORRUPTIONS[corrupt] in bad and (bad.startswith(CORRUPTIONS[corrupt]) or corrupt not in ("ema", "lr"))
+    assert torch.equal(got, expected)
+    assert all(torch.equal(a, b) for a, b in zip(weights(r), weights(r_ref)))
+    assert all(torch.equal(a, b) for a, b in zip(r.G_ema.state_dict().values(), r_ref.G_ema.state_dict().values()))
+    assert [s.last_epoch for s in r.schedulers] == [8, 8]
+    del iteration
+    fake.assert_healthy()
+
+
+def test_self_check_tolerance():
+    """Bit for bit when exact; otherwise each tensor within SELF_CHECK_RTOL of its own change in the iteration."""
+    before = {"w": torch.zeros(1000), "frozen": torch.ones(10), "step": torch.tensor(3)}
+    step = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    eager = {"w": step.clone(), "frozen": torch.ones(10), "step": torch.tensor(4)}
+
+    def check(exact=False, **graph):
+        return fastpath.compare(before, eager, {**eager, **graph}, exact)
+
+    assert str(check()) == "passed, bit for bit" and str(check(exact=True)) == "passed, bit for bit"
+    rounding = step * (1 + 1e-6)
+    assert check(w=rounding).first_bad is None and "within tolerance" in str(check(w=rounding))
+    assert check(w=rounding, exact=True).first_bad == "w"
+    assert check(w=step * 1.02).first_bad == "w"  # an lr off by 2 %
+    assert check(w=step * 1.005).first_bad is None  # within 1 %
+    assert check(w=torch.zeros(1000)).first_bad == "w"  # a dead update
+    assert check(frozen=torch.ones(10) + 1e-6).first_bad == "frozen"  # unchanged by eager: bit for bit
+    assert check(step=torch.tensor(5)).first_bad == "step"
+    assert check(w=step.double()).first_bad == "w"
+    assert str(check(w=step * 1.02)).startswith("failed: w differs (update-relative difference 0.02")
+
+
+def test_cpu_runs_record_how_they_executed(tmp_path):
+    """`ganbench train dataset=grid25 model=mlp steps=20`: metrics.json's execution record reads eager, reason cpu;
+    TensorBoard has it as text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ganbench.train import run
+    cfg = compose(tiny_overrides("mlp", steps=20, dataset="grid25", log_every=10, sample_every=20, eval_every=20,
+                                 ckpt_every=20))
+    run(cfg, tmp_path)
+    record = json.loads((tmp_path / "metrics.json").read_text())["execution"]
+    assert record == {"path": "eager", "reason": "cpu", "self_check": "not run", "iterations": 20,
+                      "eager_iterations": 20, "precision": "fp32", "channels_last": False, "device": "cpu",
+                      "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert "execution/text_summary" in events.Tags()["tensors"]
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA only
@@ -317,7 +517,7 @@ def test_graphed_iteration_logic_with_an_emulated_capture(capturable_on_cpu, mon
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 LOSSES = methods.names("loss")  # every method conf/ offers
 CONSTRAINTS = methods.names("constraint")
-GPU_STEPS = 50
+GPU_STEPS = 20
 TF32, BF16 = 2e-2, 5e-2
 
 
@@ -361,8 +561,8 @@ def assert_captured(iteration) -> None:
 @requires_cuda
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_graph_agrees_with_eager_for_50_steps(deterministic_cudnn, loss, constraint):
-    """Every pair is captured whole, and its first 50 losses match the eager iteration's (TF32 tolerance).
+def test_graph_agrees_with_eager_for_20_steps(deterministic_cudnn, loss, constraint):
+    """Every pair is captured whole, and its first 20 losses match the eager iteration's (TF32 tolerance).
 
     The eager side runs the same optimizer arithmetic (capturable Adam), so that the graph itself is what is
     compared: the same kernels and the same random stream (a replay advances the philox offset as the eager kernels
@@ -414,27 +614,6 @@ def test_bf16_channels_last_graph_agrees_with_eager_bf16(deterministic_cudnn, pa
 
 @pytest.mark.gpu
 @requires_cuda
-def test_a_capture_failure_falls_back_to_eager_with_one_log_line(deterministic_cudnn, caplog):
-    """A host sync cannot be captured: the iteration runs eagerly on (random stream intact), one line says why."""
-    overrides = tiny_overrides("dcgan", steps=100)
-    r, eager = make_run(overrides, device="cuda")
-
-    def syncing_iteration():
-        d, g = eager()
-        if float(d.total) > 1e30:  # a host sync: not allowed while a graph is being captured
-            pass
-        return d, g
-    with caplog.at_level(logging.INFO, logger="ganbench"):
-        iteration = fastpath.make_iteration(r, syncing_iteration, r.cfg, log)
-        got = losses(iteration, 10)
-    assert fastpath.describe(iteration).startswith("eager fallback (capture failed: ")
-    lines = [rec.getMessage() for rec in caplog.records if "fast path" in rec.getMessage()]
-    assert len(lines) == 1 and "runs eagerly from now on" in lines[0], lines
-    torch.testing.assert_close(got, eager_same_arithmetic(overrides, 10), rtol=TF32, atol=TF32)
-
-
-@pytest.mark.gpu
-@requires_cuda
 def test_a_graphed_runs_checkpoint_resumes_eagerly_on_the_cpu(tmp_path):
     overrides = tiny_overrides("dcgan", steps=100, **{"optim.decay": "linear"})
     r, eager = make_run(overrides, device="cuda")
@@ -455,9 +634,9 @@ def test_a_graphed_runs_checkpoint_resumes_eagerly_on_the_cpu(tmp_path):
 @requires_cuda
 def test_graph_reads_the_instance_noise_sigma_the_host_sets(deterministic_cudnn):
     """Instance noise: the loop fills σ in place before each call, as `ganbench train` does; the graph must read the
-    live value, not the one at capture (σ reaches 0 at step 20 here, inside the 50 compared steps)."""
+    live value, not the one at capture (σ reaches 0 at step 10 here, inside the 20 compared steps)."""
     overrides = tiny_overrides("mlp", steps=100, dataset="grid25", loss="ganqp", constraint="none",
-                               **{"instance_noise.std": 0.5, "instance_noise.until": 0.2})
+                               **{"instance_noise.std": 0.5, "instance_noise.until": 0.1})
 
     def trace(make_iteration):
         r, eager = make_run(overrides + ["fast=true"], device="cuda")
