@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config, distributed, fastpath
+from ganbench import checkpoint, config, distributed, fastpath, rundir
 from ganbench.build import Run, build, critic_steps, generate, resolve_device
 from ganbench.errors import GanbenchError
 from ganbench.logger import Progress, RunLogger
@@ -128,12 +128,12 @@ def resume(r: Run, run_dir: Path) -> tuple[Path, int] | None:
     if not cfg.resume:
         return None
     if cfg.resume == "auto":
-        found = checkpoint.load_latest(run_dir)
+        found = rundir.load_latest(run_dir)
         if found is None:
             return None
         state, path = found
     else:
-        path = checkpoint.find(cfg.resume)
+        path = rundir.find_checkpoint(cfg.resume)
         if path is None:
             raise GanbenchError(f"resume={cfg.resume} holds no checkpoint "
                                 f"(looked for checkpoints/last.pt and prev.pt).")
@@ -220,7 +220,7 @@ def lipschitz(r: Run, Dw: Callable) -> dict[str, float]:
     """Empirical ‖∇ₓD̂‖ on a fresh real batch, G's samples and interpolates, in a forked RNG seeded by the step."""
     device = r.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(r.cfg.seed * 1_000_003 + r.step)
+        torch.manual_seed(rundir.step_seed(r.cfg.seed, r.step))
         real = r.dataset.sample(r.cfg.batch_size)
         fake = generate(r.G, r.G.sample_z(r.cfg.batch_size, device=device))
         return {k: float(v) for k, v in lipschitz_estimate(Dw, r.D, real, fake).items()}
@@ -238,7 +238,7 @@ class Checkpoints:
         self.last_good = resumed  # (path, step) of the newest complete checkpoint of this run, or None
 
     def describe(self) -> str:
-        return checkpoint.describe_last_good(self.last_good)
+        return rundir.describe_last_good(self.last_good)
 
     @contextlib.contextmanager
     def naming_the_last_good(self):
@@ -246,7 +246,7 @@ class Checkpoints:
         try:
             yield
         except checkpoint.WriteFailed as e:
-            raise e.with_context(checkpoint.after_write_failure(self.last_good, self.dir.parent)) from None
+            raise e.with_context(rundir.after_write_failure(self.last_good, self.dir.parent)) from None
 
     def save(self, r: Run, scalars: Scalars, best: bool = False) -> None:
         scalars.check_finite(self.describe())
@@ -290,7 +290,8 @@ class Record:
         return r.world.broadcast(self._evaluate(r, tb) if r.world.main else None)
 
     def _evaluate(self, r: Run, tb: RunLogger) -> bool:
-        metrics, protocol = evaluate(r.sampler, r.dataset, r.cfg, r.device, seed=r.cfg.seed * 1_000_003 + r.step,
+        metrics, protocol = evaluate(r.sampler, r.dataset, r.cfg, r.device,
+                                     seed=rundir.step_seed(r.cfg.seed, r.step),
                                      generator="ema" if r.G_ema is not None else "G")
         if protocol != self.protocol:
             self.protocol = protocol
@@ -329,14 +330,13 @@ class Record:
             record["error"] = self.error
         if self.execution is not None:
             record["execution"] = self.execution()
-        text = json.dumps(record, indent=2, default=str).encode()
         try:
-            checkpoint.atomic_write_bytes(self.run_dir / "metrics.json", lambda f: f.write(text))
+            rundir.write_record(self.run_dir, record)
         except checkpoint.WriteFailed as e:
             if self.error is not None:  # the run already failed (often for the same reason): keep that message
                 log.warning(f"{e} (the run had already stopped: {self.error})")
                 return
-            raise e.with_context(checkpoint.after_write_failure(self.ckpts.last_good, self.run_dir)) from None
+            raise e.with_context(rundir.after_write_failure(self.ckpts.last_good, self.run_dir)) from None
 
 
 class StopSignals:
