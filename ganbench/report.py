@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ganbench import rundir
 from ganbench.errors import GanbenchError
 
 USAGE = "ganbench report SWEEP_DIR [--metric NAME] [--out DIR]"
@@ -81,7 +82,7 @@ def _best(history: list, final: dict[str, float]) -> dict[str, float]:
 def _load_yaml(path: Path):
     try:
         return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         return None
 
 
@@ -96,21 +97,27 @@ def _choice(group: str, choices: dict, overrides: list[str], config: dict) -> st
     return target.rsplit(".", 1)[-1] or "?"
 
 
+def _mapping(node, *keys) -> dict:
+    """``node[keys[0]][keys[1]]...`` where each level is a mapping; {} where one is not."""
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
 def read_run(run_dir: Path) -> Run:
-    overrides = [str(o) for o in (_load_yaml(run_dir / ".hydra" / "overrides.yaml") or [])]
-    hydra_cfg = _load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
-    choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    """One job's row: what its metrics.json (through :func:`ganbench.rundir.read_record`) and .hydra/ files say; a
+    missing or unreadable record is a row that says which, and why."""
+    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
+    overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    choices = _mapping(_load_yaml(run_dir / ".hydra" / "hydra.yaml"), "hydra", "runtime", "choices")
     note = "no metrics.json yet (starting, or stopped before its first record)"
     run = Run(run_dir.name, "missing", overrides, note=note)
     try:
-        record = json.loads((run_dir / "metrics.json").read_text())
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except FileNotFoundError:
+        record = rundir.read_record(run_dir)
+    except rundir.RecordProblem as e:
         record = {}
-    except (OSError, ValueError) as e:
-        record = {}
-        run.status, run.note = "unreadable", f"metrics.json cannot be read ({str(e).splitlines()[0][:120]})"
+        if e.status != "missing":
+            run.status, run.note = e.status, f"metrics.json {e.why}"
     if record:
         run.status, run.note = str(record.get("status", "unknown")), str(record.get("error") or "")
         run.step = record.get("step")
@@ -152,9 +159,13 @@ def read_sweep(sweep_dir: Path) -> list[Run]:
     if not sweep_dir.is_dir():
         raise GanbenchError(f"{sweep_dir} is not a directory; give a sweep directory such as "
                             f"outputs/multirun/<date>_<time>.")
-    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-            and ((p / "metrics.json").is_file() or (p / ".hydra").is_dir())]
-    if not dirs and (sweep_dir / "metrics.json").is_file():
+    try:
+        entries = list(sweep_dir.iterdir())
+    except OSError as e:
+        raise GanbenchError(f"cannot read the sweep directory {sweep_dir} ({e.strerror or e}).") from None
+    dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")
+            and (os.path.lexists(p / "metrics.json") or (p / ".hydra").is_dir())]
+    if not dirs and os.path.lexists(sweep_dir / "metrics.json"):
         dirs = [sweep_dir]  # a single run directory: a report of one
     if not dirs:
         raise GanbenchError(f"{sweep_dir} holds no runs (no <run>/metrics.json or <run>/.hydra/); give a sweep "
@@ -384,9 +395,16 @@ def main(argv: list[str]) -> int:
                          f"{metric}: final value, mean ± std over runs\n{args.sweep_dir.resolve().name}")
         except ImportError:
             heatmap, note = None, "no heatmap: it needs matplotlib (pip install 'ganbench[sweep]')."
+        except OSError as e:
+            raise GanbenchError(f"cannot write {out / heatmap} ({e.strerror or e}); give --out a writable "
+                                f"directory.") from None
     text = to_markdown(runs, metrics, args.sweep_dir, heatmap)
-    (out / "report.md").write_text(text)
-    write_csv(runs, metrics, out / "report.csv")
+    try:
+        (out / "report.md").write_text(text)
+        write_csv(runs, metrics, out / "report.csv")
+    except OSError as e:
+        raise GanbenchError(f"cannot write the report into {out} ({e.strerror or e}); give --out a writable "
+                            f"directory.") from None
     print(text, end="")
     written = ["report.md", "report.csv", *([heatmap] if heatmap else [])]
     print(f"\nwrote {', '.join(str(out / w) for w in written)}")
