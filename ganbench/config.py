@@ -164,6 +164,7 @@ def validate(cfg: DictConfig) -> None:
         raise GanbenchError(f"{missing[0]} has no value and needs one: add {missing[0]}=... to the command line.")
     schema.check(cfg)
     _check_batch(cfg)
+    _check_memory(cfg)
     check_config(cfg.metrics)
     if torchrun.launched():  # the batch splits over the processes, the backend exists
         from ganbench import distributed  # torch: under torchrun only, which needs it anyway
@@ -197,6 +198,35 @@ def _check_batch(cfg: DictConfig) -> None:
     if size is not None and cfg.batch_size > size:
         raise GanbenchError(f"batch_size={cfg.batch_size} is larger than the dataset ({size} images); "
                             f"lower batch_size.")
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    """The sizes fit in this machine's memory, by a lower bound of what training holds at once: one batch of real
+    and fake samples with their gradients, and for MLP nets (``hidden`` × ``depth``) the float32 weights, gradients
+    and two Adam moments plus one batch's activations and their gradients. (A GPU has less memory than its host.)"""
+    data = cfg.dataset
+    if "resolution" in data or "root" in data:  # an image dataset; the 2D toys have neither
+        channels = data.get("channels") or schema.knobs_of("dataset", data).image_channels
+        numel = channels * data.get("resolution", 32) ** 2
+    else:
+        numel = 2
+    batch = max(cfg.batch_size, cfg.g_batch_size or 0)
+    need = 3 * batch * numel * 4
+    for net in ("generator", "discriminator"):
+        node = cfg.model.get(net) or {}
+        hidden, depth = node.get("hidden"), node.get("depth")
+        if isinstance(hidden, int) and isinstance(depth, int):
+            need += 16 * (depth - 1) * hidden**2 + 8 * batch * hidden * depth
+    have = machine_memory()
+    if need > have:
+        raise GanbenchError(f"batch_size={cfg.batch_size} (samples of {numel:,} numbers) with these model widths needs "
+                            f"at least {need / 2**30:,.0f} GiB of memory and this machine has {have / 2**30:,.0f} GiB; "
+                            f"lower batch_size or the model's hidden/depth.")
 
 
 def cache_root() -> Path:

@@ -120,14 +120,17 @@ class Dataset:
     spacing: float = knob(gt=0)
     radius: float = knob(gt=0)
     std: float = knob(gt=0)
-    # The number of samples of each split, where the dataset's size is known before it loads (batch_size ≤ it).
+    # The number of samples of each split, where the dataset's size is known before it loads (batch_size ≤ it), and
+    # the channels of its images where no knob sets them.
     sizes: typing.ClassVar[dict] = {}
+    image_channels: typing.ClassVar[int] = 3
 
 
 @dataclass
 class MNIST(Dataset):
     resolution: int = knob(choices=(28, 32), note="32 pads the 28-pixel digits")
     sizes: typing.ClassVar[dict] = {"train": 60000, "test": 10000}
+    image_channels: typing.ClassVar[int] = 1
 
 
 @dataclass

@@ -187,6 +187,17 @@ def test_messages_name_key_value_and_what_is_allowed(overrides, message):
     assert str(e.value) == message
 
 
+def test_sizes_that_cannot_fit_in_memory_are_refused(monkeypatch):
+    monkeypatch.setattr(config, "machine_memory", lambda: 8 * 2**30)
+    config.validate(config.compose(["experiment=grid25_ganqp"]))  # batch 1024, width 256: fits
+    config.validate(config.compose(["model=mlp", "dataset=grid25", "batch_size=65536"]))  # about 0.8 GiB
+    for overrides in (["model=mlp", "dataset=grid25", "model.generator.hidden=16384", "model.generator.depth=64"],
+                      ["model=mlp", "dataset=grid25", "batch_size=1048576"],  # width-256 activations: 12 GiB
+                      ["dataset=folder", "dataset.root=.", "dataset.resolution=512", "batch_size=4096"]):
+        with pytest.raises(GanbenchError, match=r"needs at least [\d,]+ GiB of memory and this machine has 8 GiB"):
+            config.validate(config.compose(overrides))
+
+
 def test_a_dataset_root_that_is_a_file_or_missing(tmp_path):
     (tmp_path / "a_file").write_text("x")
     for root, needle in ((tmp_path / "a_file", "is a file, not a folder"), (tmp_path / "nope", "does not exist")):
