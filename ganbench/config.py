@@ -25,7 +25,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from ganbench import schema, torchrun
+from ganbench import schema, study, torchrun
 from ganbench.errors import GanbenchError
 from ganbench.metrics.settings import check_config
 
@@ -132,7 +132,7 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            return hydra_compose("train", overrides=overrides)
+            return study.apply(hydra_compose("train", overrides=overrides))  # a study trial: its draws
     except GanbenchError:
         raise
     except Exception as e:

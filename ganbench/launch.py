@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ganbench import checkpoint, config, distributed, rundir, torchrun
+from ganbench import checkpoint, config, distributed, rundir, study, torchrun
 from ganbench.errors import GanbenchError
 from ganbench.train import run
 
@@ -100,6 +100,7 @@ def task(cfg: DictConfig) -> dict | None:
     checkpoint.remove_temps(run_dir)  # a killed writer's half-written temp files: the lock says nobody is writing
     threading.excepthook = _quiet_write_errors
     try:
+        cfg = study.apply(cfg, run_dir)  # a study trial: its drawn values, and command.txt to rerun it alone
         done = multirun and rundir.nothing_to_do(cfg, run_dir)  # a requeued sweep job that had finished (a single
         if done:  # run was told before Hydra started): its files stay as they are
             log.info(done)
@@ -162,7 +163,7 @@ def _follower(cfg: DictConfig, run_dir: Path) -> dict | None:
     rank 0 says it; a collective that fails because another rank died is that rank's to tell; anything else is one
     line naming this rank."""
     try:
-        return run(cfg, run_dir)
+        return run(study.apply(cfg), run_dir)
     except GanbenchError:
         pass
     except Exception as e:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ganbench import rundir
+from ganbench import rundir, study
 from ganbench.errors import GanbenchError
 
 USAGE = "ganbench report SWEEP_DIR [--metric NAME] [--out DIR]"
@@ -399,6 +399,9 @@ def main(argv: list[str]) -> int:
             raise GanbenchError(f"cannot write {out / heatmap} ({e.strerror or e}); give --out a writable "
                                 f"directory.") from None
     text = to_markdown(runs, metrics, args.sweep_dir, heatmap)
+    if metric is not None and study.is_study_sweep(args.sweep_dir, runs):  # best-of-k curves, ranking, figure
+        for m in dict.fromkeys([metric, *(["hq"] if "hq" in metrics else [])]):
+            text += "\n".join(study.analyse(args.sweep_dir, runs, m, lower_is_better(m), out)) + "\n"
     try:
         (out / "report.md").write_text(text)
         write_csv(runs, metrics, out / "report.csv")
