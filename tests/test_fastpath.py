@@ -512,6 +512,26 @@ def test_cpu_runs_record_how_they_executed(tmp_path):
     assert "execution/text_summary" in events.Tags()["tensors"]
 
 
+def test_report_shows_each_runs_path_and_says_when_a_sweep_took_different_ones(tmp_path):
+    from ganbench import report
+
+    def job(name: str, execution: dict | None) -> None:
+        (tmp_path / name).mkdir()
+        record = {"step": 10, "status": "completed", "metrics": {"w1": 0.1}, "history": [],
+                  **({"execution": execution} if execution else {})}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(record))
+
+    job("0_a", {"path": "graph", "reason": None})
+    job("1_b", {"path": "eager", "reason": "capture failed: RuntimeError: x"})
+    job("2_c", None)
+    runs = report.read_sweep(tmp_path)
+    assert [r.path for r in runs] == ["graph", "eager (capture failed: RuntimeError: x)", ""]
+    text = report.to_markdown(runs, ["w1"], tmp_path, None)
+    assert "| path |" in text and "| graph |" in text
+    assert "Note: the jobs took different execution paths (1 eager, 1 graph); see the path column." in text
+    assert "different execution paths" not in report.to_markdown(runs[:1], ["w1"], tmp_path, None)
+
+
 # ---------------------------------------------------------------------------------------------------- CUDA only
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
