@@ -265,6 +265,9 @@ def _params(config: dict) -> dict:
     out = {}
     for spec in _knobs(config["study"]["space"]).values():
         for key in spec["set"]:
+            parent, _, last = key.rpartition(".")
+            if last.isdigit() and isinstance(_lookup(cfg, parent), ListConfig):
+                key = parent  # a list element (optim.betas.0): the whole list
             value = _lookup(cfg, key)
             if value is not _ABSENT:
                 out[key] = value
@@ -393,6 +396,7 @@ def draw(curves: dict, metric: str, lower_is_better: bool, path: Path, title: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     losses = list(dict.fromkeys(loss for loss, _ in curves))
     finite = [x for points in curves.values() for p in points for x in p[1:] if math.isfinite(x)]
@@ -417,6 +421,7 @@ def draw(curves: dict, metric: str, lower_is_better: bool, path: Path, title: st
             ax.fill_between(ks, [e[0] for e in ends], [e[1] for e in ends], color=line.get_color(), alpha=0.2)
         ax.set_title(loss, fontsize=9)
         ax.set_xlabel("k (trials)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if log:
             ax.set_yscale("log")
         ax.legend(fontsize=7)
