@@ -73,12 +73,9 @@ def _schema_error(e: Exception) -> str | None:
 def _one_line(e: Exception) -> str:
     """Hydra's multi-line messages as one sentence: unknown group option, unknown key, bad value, bad syntax."""
     text = f"{e}\n{e.__cause__ or ''}"
-    if isinstance(e, MissingConfigException):
-        m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
-        options = sorted(getattr(e, "options", None) or [])
-        if m:
-            group, name = m.groups()
-            return f"unknown {group} '{name}'; choose one of: {', '.join(options)}."
+    if isinstance(e, MissingConfigException) and "/" in (e.missing_cfg_file or ""):
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(e.options or []))}."
     from_schema = _schema_error(e)
     if from_schema:
         return from_schema
