@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.datasets import CIFAR10, MNIST
 
-from ganbench import checkpoint, config
+from ganbench import cachelock, checkpoint, config
 from ganbench.errors import GanbenchError
 
 log = logging.getLogger("ganbench")
@@ -278,11 +278,20 @@ def folder(root: str, resolution: int = 32, channels: int = 3, max_images: int |
     name = f"folder-{root_path.name}-{key[:8]}"
     cache = cache_dir("folders") / f"{key}.pt"
 
-    hit = checkpoint.load_cache(cache, "decoded-image", check=lambda h: _is_decoded(h, channels, resolution))
-    if hit is not None:
+    def load() -> ImageDataset | None:
+        hit = checkpoint.load_cache(cache, "decoded-image", check=lambda h: _is_decoded(h, channels, resolution))
+        if hit is None:
+            return None
         _warn_bad(hit["n_bad"], len(files), root_path)
         return ImageDataset(name, hit["images"], hit["labels"])
 
+    return cachelock.load_or_build(cache, load, lambda: _decode_folder(files, labels, root_path, channels,
+                                                                       resolution, name, cache), "decoded folder")
+
+
+def _decode_folder(files: list[os.DirEntry], labels: list[int] | None, root_path: Path, channels: int,
+                   resolution: int, name: str, cache: Path) -> ImageDataset:
+    """Decode ``files`` to a uint8 N×C×R×R tensor and cache it in ``cache``."""
     mode = "L" if channels == 1 else "RGB"
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         decoded = list(pool.map(lambda e: _decode(e.path, resolution, mode), files))
