@@ -325,7 +325,6 @@ def analyse(sweep_dir: Path, runs, metric: str, lower_is_better: bool, out: Path
     curves = {c: curve(v, lower_is_better) for c, v in values.items()}
     budgets = sorted({len(v) for v in values.values()})
     direction = "lower" if lower_is_better else "higher"
-    threshold = TRAINS.get(metric)
     lines = ["", f"## Random-search study: {metric} ({direction} is better)", "",
              f"Best of k trials drawn from the cell's K (median [95 % interval], exact bootstrap, final {metric}; a "
              f"failed or diverged trial counts as the worst value). "
@@ -334,42 +333,10 @@ def analyse(sweep_dir: Path, runs, metric: str, lower_is_better: bool, out: Path
     pending = sum(cell.pending for cell in cells.values())
     if pending:
         lines[-1] += f" {pending} run(s) not finished yet are left out."
-    k_max = max(budgets)
-    lines += ["", "| loss | constraint | K | " + " | ".join(f"k={k}" for k in range(1, k_max + 1)) + " |",
-              "|---|---|---|" + "---|" * k_max]
-    for (loss, constraint), points in curves.items():
-        row = [_interval(m, a, b) for _, m, a, b in points] + [""] * (k_max - len(points))
-        lines.append(f"| {loss} | {constraint} | {len(points)} | " + " | ".join(row) + " |")
-    rule = (f"{metric} {'≤' if lower_is_better else '≥'} {threshold:g}" if threshold is not None
-            else "no threshold is set for this metric")
-    lines += ["", f"Trains: {rule}. Best trial: its hyperparameters (the drawn keys the cell has).", "",
-              "| loss | constraint | trains | best | median | worst | best trial | its hyperparameters |",
-              "|---|---|---|---|---|---|---|---|"]
-    best_trials = {}
-    for c, cell in cells.items():
-        ranked = sorted(cell.trials, key=lambda t: _trial_value(cell.trials[t]), reverse=not lower_is_better)
-        best_trials[c] = ranked[0]
-        v = values[c]
-        trains = ("–" if threshold is None else
-                  f"{sum((x <= threshold) if lower_is_better else (x >= threshold) for x in v)}/{len(v)}")
-        best, worst = (min(v), max(v)) if lower_is_better else (max(v), min(v))
-        params = " ".join(f"{k}={_value(x)}" for k, x in cell.params.get(ranked[0], {}).items())
-        lines.append(f"| {c[0]} | {c[1]} | {trains} | {_fmt(best)} | {_fmt(float(np.median(v)))} | {_fmt(worst)} "
-                     f"| {ranked[0]} | `{params}` |")
-    at_full = {c: points[-1][1:] for c, points in curves.items()}
-    lines += ["", "Ranking at the full budget (k = K); cells whose intervals overlap are tied.", "",
-              "| rank | loss | constraint | best of K [95 % interval] | tied with |", "|---|---|---|---|---|"]
-    for position, c, tied in rank(at_full, lower_is_better):
-        lines.append(f"| {position} | {c[0]} | {c[1]} | {_interval(*at_full[c])} | "
-                     f"{', '.join(f'{a} + {b}' for a, b in tied) or '–'} |")
-    seeds = ",".join(str(s) for s in range(BEST_SEEDS))
-    commands = [(c, cells[c].commands.get(best_trials[c])) for c in cells]
-    if any(cmd for _, cmd in commands):
-        lines += ["", f"{BEST_SEEDS} seeds of each cell's best trial (seeds and trials are separate axes):", "",
-                  "```bash"]
-        lines += [cmd.replace("ganbench train ", "ganbench train -m ", 1) + f" seed={seeds}"
-                  for _, cmd in commands if cmd]
-        lines += ["```"]
+    lines += _curve_table(curves, max(budgets))
+    lines += _summary_table(cells, values, metric, lower_is_better)
+    lines += _ranking_table(curves, lower_is_better)
+    lines += _seed_commands(cells, lower_is_better)
     name = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in metric)
     _write_csv(curves, out / f"study_{name}.csv")
     lines.append("")
@@ -379,6 +346,58 @@ def analyse(sweep_dir: Path, runs, metric: str, lower_is_better: bool, out: Path
     except ImportError:
         lines.append("No figure: it needs matplotlib (pip install 'ganbench[sweep]').")
     return lines
+
+
+def _curve_table(curves: dict, k_max: int) -> list[str]:
+    lines = ["", "| loss | constraint | K | " + " | ".join(f"k={k}" for k in range(1, k_max + 1)) + " |",
+             "|---|---|---|" + "---|" * k_max]
+    for (loss, constraint), points in curves.items():
+        row = [_interval(m, a, b) for _, m, a, b in points] + [""] * (k_max - len(points))
+        lines.append(f"| {loss} | {constraint} | {len(points)} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _best_trial(cell: Cell, lower_is_better: bool) -> int:
+    return sorted(cell.trials, key=lambda t: _trial_value(cell.trials[t]), reverse=not lower_is_better)[0]
+
+
+def _summary_table(cells: dict, values: dict, metric: str, lower_is_better: bool) -> list[str]:
+    threshold = TRAINS.get(metric)
+    rule = (f"{metric} {'≤' if lower_is_better else '≥'} {threshold:g}" if threshold is not None
+            else "no threshold is set for this metric")
+    lines = ["", f"Trains: {rule}. Best trial: its hyperparameters (the drawn keys the cell has).", "",
+             "| loss | constraint | trains | best | median | worst | best trial | its hyperparameters |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c, cell in cells.items():
+        trial, v = _best_trial(cell, lower_is_better), values[c]
+        trains = ("–" if threshold is None else
+                  f"{sum((x <= threshold) if lower_is_better else (x >= threshold) for x in v)}/{len(v)}")
+        best, worst = (min(v), max(v)) if lower_is_better else (max(v), min(v))
+        params = " ".join(f"{k}={_value(x)}" for k, x in cell.params.get(trial, {}).items())
+        lines.append(f"| {c[0]} | {c[1]} | {trains} | {_fmt(best)} | {_fmt(float(np.median(v)))} | {_fmt(worst)} "
+                     f"| {trial} | `{params}` |")
+    return lines
+
+
+def _ranking_table(curves: dict, lower_is_better: bool) -> list[str]:
+    at_full = {c: points[-1][1:] for c, points in curves.items()}
+    lines = ["", "Ranking at the full budget (k = K); cells whose intervals overlap are tied.", "",
+             "| rank | loss | constraint | best of K [95 % interval] | tied with |", "|---|---|---|---|---|"]
+    for position, c, tied in rank(at_full, lower_is_better):
+        lines.append(f"| {position} | {c[0]} | {c[1]} | {_interval(*at_full[c])} | "
+                     f"{', '.join(f'{a} + {b}' for a, b in tied) or '–'} |")
+    return lines
+
+
+def _seed_commands(cells: dict, lower_is_better: bool) -> list[str]:
+    """The `ganbench train -m ... seed=0,...` line of each cell's best trial: seeds and trials are separate axes."""
+    commands = [cell.commands.get(_best_trial(cell, lower_is_better)) for cell in cells.values()]
+    if not any(commands):
+        return []
+    seeds = ",".join(str(s) for s in range(BEST_SEEDS))
+    return ["", f"{BEST_SEEDS} seeds of each cell's best trial (seeds and trials are separate axes):", "", "```bash",
+            *(cmd.replace("ganbench train ", "ganbench train -m ", 1) + f" seed={seeds}" for cmd in commands if cmd),
+            "```"]
 
 
 def _write_csv(curves: dict, path: Path) -> None:
