@@ -19,9 +19,12 @@ Continuous values are rounded to 3 significant digits, so the command that repro
 line's loss × constraint values, and each job's ``overrides.yaml`` names its trial. The launchers (basic, joblib,
 submitit), ``resume=auto`` (a requeued job composes the same overrides, so draws the same values) and `ganbench
 report` see ordinary jobs. Hydra's Optuna sweeper would add a dependency and a sampler state that lives in the
-sweeping process, while the draws here need nothing but (seed, trial). The draws are applied where the job starts
-(:func:`apply`, called by the task), which also writes ``command.txt``: the plain `ganbench train` command, with the
-drawn values spelled out, that reruns the trial alone (bit for bit on the CPU).
+sweeping process, while the draws here need nothing but (seed, trial). :func:`apply` sets the draws wherever a
+config is composed (``config.compose``: the command-line check and a resume's identity check see them) and where the
+job starts (the task, on Hydra's own config), and there writes ``command.txt``: the plain `ganbench train` command,
+with the drawn values spelled out, that reruns the trial alone (bit for bit on the CPU). The study group comes before
+the experiment preset in the defaults list, so the trial index is the sweep's outer loop: a study stopped early has
+the same number of trials in every cell, give or take one.
 
 **The analysis** (:func:`analyse`, called by `ganbench report` when the sweep is a study): per cell, the best-of-k
 curve, i.e. the median and the 95 % interval of the best metric among k trials drawn with replacement from the
