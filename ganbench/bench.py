@@ -29,6 +29,8 @@ import argparse
 import gc
 import logging
 import math
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -62,7 +64,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == [LOAD_COPY]:  # the second copy of --under-load: iterate until killed
+        return spin_copy(argv[1:])
     cfg, device, warmup, iters = parse(argv)
+    if "--under-load" in argv:
+        return under_load(cfg, device, warmup, iters, [a for a in argv if "=" in a and not a.startswith("-")],
+                          reference="--no-reference" not in argv)
     graphed = device.type == "cuda" and cfg.fast
     our_warmup = max(warmup, fastpath.WARMUP + 1) if graphed else warmup  # never time the capture itself
     ref = reference_kind(cfg)
@@ -94,6 +101,12 @@ def parse(argv: list[str]) -> tuple[DictConfig, torch.device, int, int]:
     parser.add_argument("--iters", type=int, default=None,
                         help=f"timed iterations per loop (default {DEFAULTS['cpu'][1]} on the CPU, "
                              f"{DEFAULTS['cuda'][1]} on CUDA)")
+    parser.add_argument("--under-load", action="store_true",
+                        help="CPU: time ganbench's iteration alone, beside a busy single-thread process and beside a "
+                             "second copy of itself (--iters × 20 iterations per case), then the same cases under "
+                             "OpenMP's default wait; print each rate, its ratio to the rate alone and to the reference")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="with --under-load: leave out the same cases under OpenMP's default wait")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for `ganbench train`")
     args = parser.parse_args(argv)
     bad = [o for o in args.overrides if o.startswith("-") or "=" not in o]
@@ -104,6 +117,8 @@ def parse(argv: list[str]) -> tuple[DictConfig, torch.device, int, int]:
         raise GanbenchError("bench: hydra.* and resume= overrides make no sense for a benchmark; leave them out.")
     cfg = config.compose(args.overrides)
     config.validate(cfg)
+    if args.under_load and (cfg.device != "cpu" and (cfg.device != "auto" or torch.cuda.is_available())):
+        raise GanbenchError("bench: --under-load measures how CPU threads share the cores; add device=cpu.")
     device = resolve_device(cfg.device)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -113,6 +128,93 @@ def parse(argv: list[str]) -> tuple[DictConfig, torch.device, int, int]:
     if warmup < 0 or iters < 1:
         raise GanbenchError(f"bench: --warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}.")
     return cfg, device, warmup, iters
+
+
+# The first argument of the second copy that --under-load starts (not a user option).
+LOAD_COPY = "--load-copy"
+
+
+def under_load(cfg: DictConfig, device: torch.device, warmup: int, iters: int, overrides: list[str],
+               reference: bool = True) -> int:
+    """ganbench's iteration alone, beside a busy single-thread process, and beside a second copy of itself.
+
+    The busy process is a pure-Python loop (one core, as a notebook, TensorBoard's indexer or a data script takes);
+    the second copy is another process running this same iteration with the same settings, as two runs started
+    side by side. Each case times ``iters × 20`` iterations after ``warmup``; the other process starts first and is
+    iterating before the timing starts. With ``reference``, the same cases then run in a child process with
+    OpenMP's default wait (``GOMP_SPINCOUNT=300000``, libgomp's default), and the rates are compared case by case.
+    """
+    print_header(cfg, device)
+    n = iters * 20
+    print(f"warm-up {warmup}, timed {n} iterations per case; OpenMP wait: {_wait_policy()}; "
+          f"ratio = rate in the case / rate alone")
+    ours = _load_cases(cfg, device, warmup, n, overrides)
+    if not reference:
+        return 0
+    env = {**os.environ, "GOMP_SPINCOUNT": OPENMP_DEFAULT_SPIN}
+    env.pop("OMP_WAIT_POLICY", None)
+    child = subprocess.run([sys.executable, "-m", "ganbench", "bench", "--under-load", "--no-reference",
+                            f"--iters={iters}", f"--warmup={warmup}", *overrides],
+                           env=env, capture_output=True, text=True)
+    theirs = _rates(child.stdout)
+    if child.returncode != 0 or len(theirs) != len(ours):
+        raise GanbenchError(f"bench: the reference run with OpenMP's default wait failed: "
+                            f"{(child.stderr.strip().splitlines() or ['no message'])[-1]}")
+    print(f"reference: the same cases with OpenMP's default wait (GOMP_SPINCOUNT={OPENMP_DEFAULT_SPIN})")
+    for label, rate in theirs.items():
+        print(f"  {label:<31}{rate:8.2f} G-steps/s   ratio {rate / theirs['alone']:.2f}")
+    print("ganbench / reference: " + ", ".join(f"{label} {ours[label] / theirs[label]:.2f}x" for label in ours))
+    return 0
+
+
+# libgomp's own GOMP_SPINCOUNT when neither it nor OMP_WAIT_POLICY is set: the reference of --under-load.
+OPENMP_DEFAULT_SPIN = "300000"
+LOAD_CASES = ("alone", "beside a busy 1-thread process", "beside a second copy of itself")
+
+
+def _load_cases(cfg: DictConfig, device: torch.device, warmup: int, n: int, overrides: list[str]) -> dict:
+    """{case: G-steps/s} for :data:`LOAD_CASES`, each printed as it is measured."""
+    rates = {"alone": measure(partial(ganbench_loop, cfg, device, []), warmup, n, device)[0]}
+    print(f"{'alone':<31}{rates['alone']:8.2f} G-steps/s")
+    others = [[sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"],
+              [sys.executable, "-m", "ganbench", "bench", LOAD_COPY, *overrides]]
+    for label, command in zip(LOAD_CASES[1:], others):
+        other = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            if other.stdout.readline().strip() != "ready":
+                raise GanbenchError(f"bench: the process to run beside ({' '.join(command[:4])} ...) did not start.")
+            rates[label] = measure(partial(ganbench_loop, cfg, device, []), warmup, n, device)[0]
+        finally:
+            other.kill()
+            other.wait()
+        print(f"{label:<31}{rates[label]:8.2f} G-steps/s   ratio {rates[label] / rates['alone']:.2f}")
+    return rates
+
+
+def _rates(text: str) -> dict:
+    """The {case: G-steps/s} that :func:`_load_cases` printed in ``text``."""
+    rates = {}
+    for line in map(str.strip, text.splitlines()):
+        for label in LOAD_CASES:
+            if line.startswith(label) and "G-steps/s" in line:
+                rates[label] = float(line[len(label):].split()[0])
+    return rates
+
+
+def spin_copy(argv: list[str]) -> int:
+    """The second copy of :func:`under_load`: build the same iteration, say 'ready' once it has run, then iterate."""
+    cfg, device, _, _ = parse(argv)
+    step = ganbench_loop(cfg, device, [])
+    step()
+    print("ready", flush=True)
+    while True:
+        step()
+
+
+def _wait_policy() -> str:
+    policy = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+              if k in os.environ]
+    return ", ".join(policy) or "OpenMP's default"
 
 
 def print_header(cfg: DictConfig, device: torch.device) -> None:
