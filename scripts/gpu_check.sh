@@ -168,9 +168,19 @@ def run(overrides, mode):
             return out
     else:
         iteration = fastpath.make_iteration(r, eager, cfg, log)
-    t = time.perf_counter()
-    out = torch.stack([torch.stack([d.total.clone(), g.total.clone()]) for d, g in (iteration() for _ in range(steps))])
-    return out.cpu(), fastpath.describe(iteration), time.perf_counter() - t
+    t, out, calls = time.perf_counter(), [], []
+    for i in range(steps):
+        t_call = time.perf_counter()
+        d, g = iteration()
+        out.append(torch.stack([d.total.clone(), g.total.clone()]))
+        if device == "cuda" and i <= fastpath.WARMUP + 1:  # per call: an eager warm-up, the capture call, a replay
+            torch.cuda.synchronize()
+        calls.append(time.perf_counter() - t_call)
+    check = getattr(iteration, "check", "not run")
+    w = fastpath.WARMUP
+    cost = (f"; calls {w} (eager) / {w + 1} (capture + self-check: {check}) / {w + 2} (replay): "
+            f"{calls[w - 1]:.3f} / {calls[w]:.3f} / {calls[w + 1]:.4f} s") if len(calls) > w + 1 else ""
+    return torch.stack(out).cpu(), fastpath.describe(iteration) + cost, time.perf_counter() - t
 
 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 bad = 0
