@@ -115,8 +115,11 @@ def _value_sets(overrides: list[str]) -> list[list[str]]:
 
 
 def _check_switches(parsed: list) -> None:
-    """true or false for a boolean knob of the top level, where OmegaConf would take any integer for a truth value."""
+    """true or false for a boolean knob of the top level, where OmegaConf would take any integer for a truth value;
+    and ``+group.key=...`` adds only a knob the group declares (a typo would reach the option's class)."""
     for o in parsed:
+        if o.is_add() and not schema.declared(o.key_or_group):
+            raise GanbenchError(schema.unknown_key(o.key_or_group))
         found = schema.lookup(o.key_or_group)
         if found and schema.is_switch(*found):
             for value in (o.sweep_iterator() if o.is_sweep_override() else [o.value()]):

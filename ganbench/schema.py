@@ -188,6 +188,21 @@ class Constraint:
 
 
 @dataclass
+class Optimizer:
+    """An optimizer node's arguments (lr and betas interpolate optim.lr_g/lr_d and optim.betas; the others are
+    torch's, added with +optim.g.KEY=...)."""
+
+    lr: float = knob(gt=0, le=1, what="a positive number ≤ 1")
+    betas: list[float] = knob(ge=0, lt=1, length=2, what="two numbers in [0, 1), e.g. [0.0, 0.9]")
+    weight_decay: float = knob(ge=0)
+    eps: float = knob(gt=0)
+    momentum: float = knob(ge=0, lt=1)
+    alpha: float = knob(ge=0, lt=1)
+    amsgrad: bool = knob()
+    centered: bool = knob()
+
+
+@dataclass
 class Optim:
     lr_g: float = knob(gt=0, le=1, what="a positive number ≤ 1")
     lr_d: float = knob(gt=0, le=1, what="a positive number ≤ 1")
@@ -195,6 +210,8 @@ class Optim:
     decay: str = knob(choices=("none", "linear"))
     decay_to: float = knob(ge=0, le=1, note="the last step's fraction of the lr")
     warmup: int = knob(ge=0, what="a whole number of steps ≥ 0", note="0: no warm-up")
+    g: Optimizer = field(default_factory=lambda: Optimizer())  # G's and D's optimizer nodes
+    d: Optimizer = field(default_factory=lambda: Optimizer())
 
 
 @dataclass
@@ -346,6 +363,22 @@ def _allowed(value, f: dataclasses.Field, hint) -> bool:
 def refusal(path: str, cls, key: str, value) -> str:
     """The one sentence for a bad value of ``key`` (a field of schema class ``cls``) at ``path``."""
     return f"{path} must be {describe_field(_fields(cls)[key], _hints(cls)[key])}, got {value!r}."
+
+
+def declared(path: str) -> bool:
+    """Whether a dotted key of a group node (``loss.lam``, ``model.discriminator.layout``) is a knob the group's schema
+    declares; True for any other key (the top level has its own check)."""
+    group, _, rest = path.partition(".")
+    cls = GROUP_KNOBS.get(group)
+    if cls is None or not rest:
+        return True
+    for part in rest.split("."):
+        if cls is Any:
+            return True
+        if not dataclasses.is_dataclass(cls) or part not in _fields(cls):
+            return False
+        cls = _base(_hints(cls)[part])
+    return True
 
 
 def is_switch(cls, key: str) -> bool:

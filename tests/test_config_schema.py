@@ -180,10 +180,12 @@ def test_every_bad_value_is_one_sentence_before_torch_loads(tmp_path):
      "batch_size=2000 is larger than the dataset (1000 images); lower batch_size."),
     (["model=mlp", "model.generator.hidden=0"], "model.generator.hidden must be a positive integer ≤ 16,384, got 0."),
     (["loss=sgan", "loss.saturating=1"], "loss.saturating must be true or false, got 1."),
+    (["optim.g.lr=5"], "optim.g.lr must be a positive number ≤ 1, got 5.0."),
+    (["+loss.margin=2"], "unknown config key 'loss.margin'; see `ganbench train --cfg job` for the keys there are."),
 ])
 def test_messages_name_key_value_and_what_is_allowed(overrides, message):
     with pytest.raises(GanbenchError) as e:
-        config.validate(config.compose(overrides))
+        config.prepare_argv(overrides)
     assert str(e.value) == message
 
 
