@@ -579,6 +579,11 @@ _RECORD_TYPES = {"step": (int, type(None)), "status": (str,), "metrics": (dict,)
                  "error": (str, type(None))}
 
 
+def _json_type(value) -> str:
+    return {str: "string", list: "array", dict: "object", bool: "boolean", type(None): "null"}.get(type(value),
+                                                                                               "number")
+
+
 def read_record(run_dir: Path) -> dict:
     """The run's metrics.json, checked in shape; :class:`RecordProblem` when it is missing or unreadable."""
     path = Path(run_dir) / METRICS
@@ -587,21 +592,20 @@ def read_record(run_dir: Path) -> dict:
     try:
         text = path.read_text()
     except IsADirectoryError:
-        raise RecordProblem(path, "unreadable", "is a directory, not a file") from None
+        raise RecordProblem(path, "unreadable", "cannot be read: it is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecordProblem(path, "unreadable", f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
     try:
         record = json.loads(text)
     except ValueError as e:
-        why = "is empty" if not text.strip() else f"is not valid JSON ({str(e).splitlines()[0][:80]})"
-        raise RecordProblem(path, "unreadable", why) from None
+        why = "it is empty" if not text.strip() else f"not valid JSON ({str(e).splitlines()[0][:80]})"
+        raise RecordProblem(path, "unreadable", f"cannot be read: {why}") from None
     if not isinstance(record, dict):
-        raise RecordProblem(path, "unreadable", f"holds a JSON {type(record).__name__}, not a record")
+        raise RecordProblem(path, "unreadable", f"cannot be read: a JSON {_json_type(record)}, not a record")
     for key, types in _RECORD_TYPES.items():
         if key in record and (not isinstance(record[key], types) or isinstance(record[key], bool)):
-            raise RecordProblem(path, "unreadable", f"has a malformed '{key}' (a JSON {type(record[key]).__name__})")
-    if any(not isinstance(h, dict) or not isinstance(h.get("metrics", {}), dict) for h in record.get("history", [])):
-        raise RecordProblem(path, "unreadable", "has a malformed 'history' (entries are not records)")
+            raise RecordProblem(path, "unreadable", f"cannot be read: its '{key}' is malformed (a JSON "
+                                                    f"{_json_type(record[key])})")
     return record
 
 

@@ -317,10 +317,10 @@ def test_train_log_on_a_full_disk_stays_quiet(tmp_path, capsys):
 
 def test_divergence_before_any_checkpoint_says_so(tmp_path):
     cfg = compose(tiny_overrides("mlp", dataset="grid25", steps=30, log_every=1, ckpt_every=10, eval_every=1000,
-                                 sample_every=1000) + ["optim.lr_d=1e6", "optim.lr_g=1e6", "loss=wgan",
-                                                        "constraint=none", "optim.betas=[0.5,0.999]"])
-    # A real divergence: lr 1e6 with Adam's momentum β1 = 0.5 overflows the critic before step 10 (with the shared
-    # β1 = 0, Adam's steps stay ±lr and the 30 steps end finite).
+                                 sample_every=1000) + ["optim.lr_d=1", "optim.lr_g=1", "loss=wgan", "constraint=none",
+                                                        "optim.betas=[0.5,0.999]", "dataset.spacing=1e38"])
+    # A real divergence within the knobs' bounds (lr ≤ 1): grid25's modes at ±2·10³⁸, near float32's largest number,
+    # and an unconstrained critic whose weights Adam grows by lr each step: D's output overflows before step 10.
     with pytest.raises(GanbenchError, match="training diverged.*no checkpoint had been written yet") as info:
         run(cfg, tmp_path)
     assert "step 0" not in str(info.value) and "kept in" not in str(info.value)

@@ -242,9 +242,9 @@ def test_report_reads_what_it_can_and_says_what_it_could_not(run_dir, tmp_cwd):
     assert "Traceback" not in proc.stderr + proc.stdout
     md = (sweep / "report.md").read_text()
     assert "| completed | 4 |" in md  # the intact run has its row
-    for name, why in (("0_shape", "has a malformed 'metrics'"), ("1_json", "is not valid JSON"),
-                      ("2_empty", "is empty"), ("3_dir", "is a directory")):
-        assert f"- `{name}` (unreadable): metrics.json {why}" in md, md
+    for name, why in (("0_shape", "its 'metrics' is malformed (a JSON string)"), ("1_json", "not valid JSON"),
+                      ("2_empty", "it is empty"), ("3_dir", "it is a directory")):
+        assert f"- `{name}` (unreadable): metrics.json cannot be read: {why}" in md, md
     assert "- `4_missing` (missing)" in md
 
 
@@ -252,7 +252,7 @@ def test_eval_refuses_a_damaged_metrics_json_before_computing(run_dir, tmp_cwd):
     (run_dir / "metrics.json").write_text('{"step": 4, "metrics": "x"}')
     before = digest(run_dir)
     proc = run_cli(["eval", "outputs/run"], tmp_cwd)
-    assert_one_line_error(proc, "outputs/run/metrics.json has a malformed 'metrics'", "restore it")
+    assert_one_line_error(proc, "outputs/run/metrics.json cannot be read: its 'metrics' is malformed", "restore it")
     assert proc.returncode == 2 and digest(run_dir) == before
 
 
