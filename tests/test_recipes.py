@@ -21,7 +21,9 @@ CONSTRAINTS = sorted(p.stem for p in (CONF / "constraint").glob("*.yaml"))
 PAIRS = [(loss, constraint) for loss in LOSSES for constraint in CONSTRAINTS]
 RECIPES = {"loss": CONF / "recipe" / "loss" / "paper", "constraint": CONF / "recipe" / "constraint" / "paper"}
 # What a recipe may set: the training setting. The methods' own knobs (penalty weights, c, ...) are their YAMLs'.
-SETTING = {"optim", "n_dis", "critic_schedule", "batch_size", "g_batch_size"}
+# The one model key: the clip recipe's BatchNorm critic, which a clipped critic needs to train.
+SETTING = {"optim", "n_dis", "critic_schedule", "batch_size", "g_batch_size", "model"}
+MODEL_KEYS = {"model.discriminator.batchnorm"}
 SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
           "g_batch_size": None, "critic_schedule.burst": 0, "optim.g._target_": "torch.optim.Adam"}
 
@@ -54,7 +56,9 @@ def test_recipe_files_belong_to_a_method_and_name_their_source():
             lines = path.read_text().splitlines()
             assert lines[0] == "# @package _global_" and lines[1].startswith("# "), path
             assert "arXiv" in path.read_text(), f"{path} names no source"
-            assert set(OmegaConf.load(path).keys()) <= SETTING, f"{path} sets more than the training setting"
+            recipe = OmegaConf.load(path)
+            assert set(recipe.keys()) <= SETTING, f"{path} sets more than the training setting"
+            assert {k for k in leaves(recipe) if k.startswith("model.")} <= MODEL_KEYS, path
     assert (RECIPES["constraint"] / "clip.yaml").exists() and (RECIPES["loss"] / "wgan_gp.yaml").exists()
 
 
@@ -76,8 +80,10 @@ def test_paper_recipe_is_the_loss_file_then_the_constraint_file(loss, constraint
                                      for k, v in expected.items()}
     for key in set(SHARED) - set(expected):  # what no source sets stays shared
         assert values(cfg, [key]) == values(base, [key]), key
-    for key in ("dataset", "model", "loss", "constraint", "metrics", "steps", "seed", "ema_decay"):
+    for key in ("dataset", "loss", "constraint", "metrics", "steps", "seed", "ema_decay"):
         assert cfg[key] == base[key]  # a recipe sets the training setting only
+    model = {k: v for k, v in leaves(cfg.model, "model.").items() if k not in expected}
+    assert model == {k: v for k, v in leaves(base.model, "model.").items() if k not in expected}
 
 
 def test_the_clip_recipe_is_the_wgan_code_setting():
@@ -91,6 +97,7 @@ def test_the_clip_recipe_is_the_wgan_code_setting():
         group = opt.param_groups[0]
         assert (group["lr"], group["momentum"], group["alpha"], group["centered"]) == (5e-5, 0.0, 0.99, False)
     assert cfg.constraint.c == 0.01 and cfg.batch_size == 64
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in r.D.modules()) == 2  # the code's critic: BN but first
     assert [critic_steps(cfg, s) for s in (0, 24, 25, 26, 499, 500, 501, 1000)] == [100, 100, 5, 5, 5, 100, 5, 100]
     assert sum(critic_steps(cfg, s) for s in range(4000)) == 25 * 100 + 7 * 100 + (4000 - 32) * 5
 
@@ -122,5 +129,6 @@ def test_cfg_job_shows_the_recipe(tmp_path):
     assert out.returncode == 0, out.stderr
     job = OmegaConf.create(out.stdout)
     assert job.optim.d._target_ == "ganbench.optim.RMSprop" and job.optim.lr_d == 5e-5
+    assert job.model.discriminator.batchnorm is True
     assert (job.n_dis, job.critic_schedule.burst, job.critic_schedule.first, job.critic_schedule.every) == (5, 100, 25,
                                                                                                             500)
