@@ -35,6 +35,7 @@ MAX_WIDTH = 2**14   # MLP hidden units, z_dim
 MAX_CHANNELS = 2**12
 MAX_DEPTH = 256
 MAX_RESOLUTION = 1024
+PATH = r".*\S.*"  # a path: not empty, not blanks (an empty root would be the current directory)
 MAX_SEED = 2**32 - 1  # seeds of 32 bits: torch seeds seed·1,000,003 + step, which stays within 64 bits
 
 
@@ -111,7 +112,7 @@ class Train:
 
 @dataclass
 class Dataset:
-    root: str = knob(what="a path")
+    root: str = knob(pattern=PATH, what="a path")
     download: bool = knob()
     split: str = knob(choices=("train", "test"))
     resolution: int = knob(ge=1, le=MAX_RESOLUTION)
@@ -223,7 +224,7 @@ class Metrics:
     split: str = knob(choices=("train", "test"))
     batch: int = knob(ge=2, le=MAX_BATCH)
     classifier_seed: int = knob(ge=0, le=MAX_SEED)
-    inception_weights: str | None = knob(what="a path")
+    inception_weights: str | None = knob(pattern=PATH, what="a path")
     inception_download: bool = knob()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import typing
@@ -68,7 +69,7 @@ def bad_values(cls, f: dataclasses.Field) -> list[str]:
     if base is list:
         return ["abc"] + (["[]", "[2.0,0.9]", "[0.5]", "[nan,0.9]"] if b.length else [])
     if base is str:
-        return ["cuda:x"] if b.pattern else []  # any other string is a name or a path
+        return [v for v in ("", "cuda:x") if b.pattern and not re.fullmatch(b.pattern, v)]  # others: any name
     values = ["abc", "nan", "inf"] if base is float else ["abc", "1.5", "[]"]
     for low in (b.ge, b.gt):
         if low is not None:
