@@ -90,12 +90,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         finally:
             scalars.progress.close()
             record.write()
-            execution = record.execution() if record.execution is not None else None
-            if execution is not None:
-                tb.text("execution", fastpath.execution_text(execution), r.step)
-            if record.status == "completed":
-                tb.hparams({**config.hparams(cfg), **({"execution": execution["path"]} if execution else {})},
-                           record.metrics)
+            record.to_tensorboard(tb)
             tb.close()
     if exit_code:
         stop.pass_on()  # e.g. submitit's requeue, now that the checkpoint is saved
@@ -308,6 +303,15 @@ class Record:
         self.write()
         self.status = "failed"  # until the loop says otherwise
         return best
+
+    def to_tensorboard(self, tb: RunLogger) -> None:
+        """At the end of the run: how it executed (text), and for a completed run the HParams row."""
+        execution = self.execution() if self.execution is not None else None
+        if execution is not None:
+            tb.text("execution", fastpath.execution_text(execution), self.r.step)
+        if self.status == "completed":
+            path = {"execution": execution["path"]} if execution else {}
+            tb.hparams({**config.hparams(self.r.cfg), **path}, self.metrics)
 
     def failed(self, e: BaseException) -> None:
         if isinstance(e, GanbenchError):
