@@ -386,27 +386,32 @@ class GraphedIteration:
         # A failed capture can leave the generator in capture mode (every later random op raises): restored from this.
         rng = generator.clone_state() if hasattr(generator, "clone_state") else None
         graph, pool = torch.cuda.CUDAGraph(), new_pool()
+        why = None
         try:
             with held_back(r.schedulers):
                 out = self._record(graph, pool)
             if [s.last_epoch for s in r.schedulers] != epochs:
                 raise RuntimeError("an LR scheduler stepped inside the captured iteration")
         except Exception as e:  # nothing ran during the capture: the model and optimizer state are untouched
-            note = self._abandon(graph, pool, generator, rng)
+            why = first_line(e)
             if rng is None:
+                self._abandon(graph, pool, generator, None)
                 raise GanbenchError(f"the training iteration could not be captured as a CUDA graph ({e}) and this "
                                     "torch cannot restore its random generator afterwards; "
                                     "rerun with fast=false.") from e
-            self._fall_back(f"capture failed: {first_line(e)}{note}")
+        if why is not None:  # (outside the except block: its traceback would keep the pool alive)
+            self._abandon(graph, pool, generator, rng)
+            del graph, pool
+            self._fall_back(f"capture failed: {why}{self._settle()}")
             self.eager_calls += 1
             return self.iteration()
         if self.self_check:
             eager_out, check = self._check(graph, out, named, before, generator)
             self.check = str(check)
             if check.first_bad is not None:
-                del out
                 self._abandon(graph, pool, generator, None)
-                self._fall_back(f"self-check {self.check}")
+                del graph, pool, out
+                self._fall_back(f"self-check {self.check}{self._settle()}")
                 self.eager_calls += 1
                 step_schedulers(r, self.lr_tensors)  # the eager iteration ran with them held back
                 return eager_out
@@ -438,13 +443,15 @@ class GraphedIteration:
             graph.capture_end()
         return out
 
-    def _abandon(self, graph, pool, generator, rng) -> str:
-        """Unwind a failed or rejected capture so the process stays healthy; '' or a clause saying what could not be.
+    def _abandon(self, graph, pool, generator, rng) -> None:
+        """Unwind a failed or rejected capture: the allocator told that no capture is under way, the graph's reference
+        to ``pool`` released, the generator restored to ``rng`` (a clone from before the capture; None: keep it).
 
         torch's ``capture_end`` raises (an invalidated capture) before or after telling the allocator that the capture
         is over, and ``reset`` releases a failed capture's pool or not, depending on the torch version: both are done
         here only where torch left them undone (an allocator that still counted the capture would fail every later
-        ``empty_cache`` and capture).
+        ``empty_cache`` and capture). The caller then drops ``pool`` (the MemPool's own reference) and calls
+        :meth:`_settle`.
         """
         try:
             torch._C._cuda_endAllocateToPool(self.index, pool_id(pool))
@@ -453,12 +460,15 @@ class GraphedIteration:
         graph.reset()
         if hasattr(pool, "use_count") and pool.use_count() > 1:  # this torch keeps the capture's reference
             torch._C._cuda_releasePool(self.index, pool.id)
-        del graph, pool  # the MemPool's own reference goes: its memory becomes freeable
         if rng is not None:
             generator.graphsafe_set_state(rng)
+
+    def _settle(self) -> str:
+        """After an unwound capture: '' when the device and the allocator are healthy (``empty_cache`` frees the
+        dropped pool's memory), else a clause saying what is wrong, for the fallback's warning."""
         try:
             torch.cuda.synchronize(self.r.device)  # a sticky CUDA error surfaces here rather than later
-            torch.cuda.empty_cache()  # frees the pool; raises if the allocator still counted a capture
+            torch.cuda.empty_cache()  # raises if the allocator still counts a capture as under way
         except RuntimeError as e:
             return f"; the CUDA allocator was not restored ({first_line(e)})"
         return ""

@@ -411,6 +411,7 @@ def test_graphed_iteration_logic_with_an_emulated_capture(capturable_on_cpu, mon
         assert "runs eagerly from now on" in lines[0] and why in lines[0]
         assert caplog.records[-1].levelno == logging.WARNING
         assert record == {"path": "eager", "reason": why, "self_check": "not run", "eager_iterations": 8}
+        assert fake.pools == {} and len(fake.freed) == 1  # the failed capture's pool: released and freed at once
     else:
         assert fake.restored == [] and fastpath.describe(iteration).startswith("CUDA graph (")
         assert "runs as one CUDA graph" in lines[0] and "self-check passed, bit for bit" in lines[0]
@@ -465,6 +466,7 @@ def test_the_self_check_catches_a_graph_that_differs_and_falls_back(capturable_o
     assert record["reason"].startswith("self-check failed: ") and record["reason"] in lines[0]
     bad = record["reason"].split("failed: ")[1].split(" differs")[0]
     assert CORRUPTIONS[corrupt] in bad and (bad.startswith(CORRUPTIONS[corrupt]) or corrupt not in ("ema", "lr"))
+    assert fake.pools == {} and len(fake.freed) == 1  # the rejected graph's pool: released and freed at once
     assert torch.equal(got, expected)
     assert all(torch.equal(a, b) for a, b in zip(weights(r), weights(r_ref)))
     assert all(torch.equal(a, b) for a, b in zip(r.G_ema.state_dict().values(), r_ref.G_ema.state_dict().values()))
