@@ -22,7 +22,7 @@ if [[ "${1:-}" == prepare ]]; then
   set -e
   bash ../shared/tools/device-wheels.sh
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
-    pytest pluggy iniconfig packaging pytest-xdist execnet
+    pytest pluggy iniconfig packaging pygments pytest-xdist execnet
   ls .whl
   exit 0
 fi
