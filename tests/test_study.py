@@ -137,17 +137,24 @@ def test_a_study_runs_reports_and_reruns_a_trial_alone(tmp_cwd):
 
 
 @pytest.mark.slow
-def test_a_study_through_joblib_and_resume_auto_gives_the_same_trials(tmp_cwd):
-    """The same trials through the joblib launcher, stopped at step 15 and finished with resume=auto, end where one
-    unbroken sweep through the basic launcher ends."""
+def test_a_study_through_joblib_submitit_and_resume_auto_gives_the_same_trials(tmp_cwd):
+    """The same trials through the joblib launcher, stopped at step 15 and finished with resume=auto, and through
+    submitit's local executor, end where one unbroken sweep through the basic launcher ends."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cells = [*STUDY[:-2], "loss=hinge", "constraint=gp"]
     assert run_cli(["train", "-m", *cells, "steps=30", "hydra.sweep.dir=basic"], tmp_cwd).returncode == 0
     joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "resume=auto", "hydra.sweep.dir=joblib"]
     assert run_cli(["train", "-m", *cells, *joblib, "steps=15"], tmp_cwd).returncode == 0
     proc = run_cli(["train", "-m", *cells, *joblib, "steps=30"], tmp_cwd)
     assert proc.returncode == 0, proc.stderr
+    submitit = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.sweep.dir=submitit"]
+    proc = run_cli(["train", "-m", *cells, *submitit, "steps=30"], tmp_cwd)
+    assert proc.returncode == 0, proc.stderr
     for job in ("0_hinge_gp_trial0", "1_hinge_gp_trial1"):
-        resumed, fresh = read_metrics(tmp_cwd / "joblib" / job), read_metrics(tmp_cwd / "basic" / job)
-        assert resumed["step"] == 30 and resumed["metrics"] == fresh["metrics"]
-        assert "resume" not in (tmp_cwd / "joblib" / job / "command.txt").read_text()
+        fresh = read_metrics(tmp_cwd / "basic" / job)
+        for sweep in ("joblib", "submitit"):
+            assert read_metrics(tmp_cwd / sweep / job)["step"] == 30
+            assert read_metrics(tmp_cwd / sweep / job)["metrics"] == fresh["metrics"]
+            command = (tmp_cwd / sweep / job / "command.txt").read_text()
+            assert command == (tmp_cwd / "basic" / job / "command.txt").read_text()  # no launcher, no resume=auto
