@@ -167,13 +167,13 @@ def test_report_of_a_real_sweep_and_its_hparams(tmp_cwd):
     from tensorboard.plugins.hparams import metadata
 
     over = tiny_overrides("mlp", dataset="grid25", steps=2)
-    proc = run_cli(["train", "-m", *over, "loss=ganqp", "loss.lam=10,-1", "hydra.sweep.dir=sweep"], tmp_cwd)
+    proc = run_cli(["train", "-m", *over, "loss=ganqp", "dataset.spacing=2,1e38", "hydra.sweep.dir=sweep"], tmp_cwd)
     assert proc.returncode == 1, proc.stderr
     proc = run_cli(["report", "sweep"], tmp_cwd)
     assert proc.returncode == 0, proc.stderr
-    assert "| 0_ganqp_sn | loss.lam=10 | completed | 2 |" in proc.stdout
-    assert "| 1_ganqp_sn | loss.lam=-1 | failed | 0 |" in proc.stdout
-    assert "- `1_ganqp_sn` (failed): ganqp lam must be > 0, got -1." in proc.stdout
+    assert "| 0_ganqp_sn | dataset.spacing=2 | completed | 2 |" in proc.stdout
+    assert "| 1_ganqp_sn | dataset.spacing=1e+38 | diverged | 1 |" in proc.stdout
+    assert "- `1_ganqp_sn` (diverged): training diverged: a non-finite loss appeared at step 1" in proc.stdout
     assert (tmp_cwd / "sweep" / "heatmap_w1.png").is_file()
     acc = EventAccumulator(str(tmp_cwd / "sweep" / "0_ganqp_sn"))
     acc.Reload()
