@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one command of at most 8 minutes: the CUDA tests (every pair through the CUDA graph, state-level
 # graph-vs-eager agreement, equal checkpoints, kill and resume, a failed capture then a second one), `ganbench bench`
-# for issue 32's targets (ratios beside the eager reference), the default job's wall time and execution record, and
+# for the speed targets (ratios beside the eager reference), the default job's wall time and execution record, and
 # loss-level graph-vs-eager agreement at real sizes.
 #
 # Prepare here, in the project root (the GPU machine has torch but no package index):
@@ -93,7 +93,7 @@ stage "pytest -m gpu" 210 $PY -m pytest -q -m gpu tests/test_gpu.py tests/test_f
 note "      $(tail -1 "$OUT/pytest_gpu.log")"
 grep -E '^(FAILED|ERROR)' "$OUT/pytest_gpu.log" | head -8 | cut -c1-160 | while read -r line; do note "      $line"; done
 
-# 2. `ganbench bench` for issue 32's targets, most important first. Ratio lines go to the summary.
+# 2. `ganbench bench` for the speed targets, most important first. Ratio lines go to the summary.
 : > "$OUT/bench.log"
 bench() {  # bench LABEL OVERRIDES...
   local label=$1; shift

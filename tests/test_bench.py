@@ -15,7 +15,7 @@ def bench_args(model: str = "dcgan_small", **extra) -> list[str]:
 
 
 def test_bench_prints_both_loops_and_the_ratio_on_the_cpu(tmp_cwd):
-    """The issue's check, as a user runs it (a fresh process): loss=hinge constraint=sn model=dcgan_small."""
+    """The bench as a user runs it (a fresh process): loss=hinge constraint=sn model=dcgan_small."""
     result = run_cli(bench_args(loss="hinge", constraint="sn"), cwd=tmp_cwd)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.
                                 reason="needs torch.distributed with gloo")
 
 CPU = torch.device("cpu")
-# The issue's three pairs, plus the other double-backward constraints (R1, GraN).
+# GP, GN and SN pairs, plus the other double-backward constraints (R1, GraN).
 PAIRS = [("hinge", "sn"), ("wgan_gp", "none"), ("wgan", "gn"), ("hinge", "r1"), ("hinge", "gran")]
 
 
@@ -220,7 +220,7 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 300, *
 
 
 def test_torchrun_two_processes_make_one_run(tmp_cwd):
-    """The issue's check, shrunk: one run directory (its name from rank 0's clock), TensorBoard events from one
+    """A torchrun job, shrunk: one run directory (its name from rank 0's clock), TensorBoard events from one
     process, each step logged once, metrics.json, and a checkpoint that loads and holds both ranks' RNG states."""
     proc = torchrun(toy(steps=6, batch_size=16), tmp_cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
