@@ -543,15 +543,6 @@ GPU_STEPS = 20
 TF32, BF16 = 2e-2, 5e-2
 
 
-@pytest.fixture
-def deterministic_cudnn():
-    """Deterministic cuDNN kernels, so that graph and eager runs differ only by what the test is about."""
-    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    yield
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-
-
 def graphed(overrides: list[str], steps: int = GPU_STEPS):
     """Losses of the first ``steps`` iterations through make_iteration with fast=true, and the iteration."""
     r, eager = make_run(overrides + ["fast=true"], device="cuda")

@@ -49,15 +49,6 @@ def on_cuda(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.startswith("device=")] + ["device=cuda"]
 
 
-@pytest.fixture
-def deterministic_cudnn():
-    """Deterministic cuDNN kernels, so that graph and eager runs can be compared bit for bit."""
-    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    yield
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-
-
 def assert_path(run_dir, loss: str, constraint: str) -> None:
     execution = read_metrics(run_dir)["execution"]
     assert execution["device"] == torch.cuda.get_device_name() and execution["cuda"] == torch.version.cuda
