@@ -60,6 +60,7 @@ class Run:
     wall_time_s: float | None = None
     path: str = ""  # how it executed: graph, or eager and why (metrics.json's execution record)
     note: str = ""  # the error of a failed run, or why a record is missing
+    config: dict = field(default_factory=dict)  # the record's composed config (a study reads its trial from it)
 
 
 def _numbers(d: dict) -> dict[str, float]:
@@ -126,6 +127,7 @@ def read_run(run_dir: Path) -> Run:
         run.wall_time_s = record.get("wall_time_s")
         run.path = _path(record.get("execution"))
     config = record.get("config") or {}
+    run.config = config if isinstance(config, dict) else {}
     run.loss = _choice("loss", choices, overrides, config)
     run.constraint = _choice("constraint", choices, overrides, config)
     run.dataset = _choice("dataset", choices, overrides, config)
@@ -399,7 +401,7 @@ def main(argv: list[str]) -> int:
             raise GanbenchError(f"cannot write {out / heatmap} ({e.strerror or e}); give --out a writable "
                                 f"directory.") from None
     text = to_markdown(runs, metrics, args.sweep_dir, heatmap)
-    if metric is not None and study.is_study_sweep(args.sweep_dir, runs):  # best-of-k curves, ranking, figure
+    if metric is not None and study.is_study_sweep(runs):  # best-of-k curves, ranking, figure
         for m in dict.fromkeys([metric, *(["hq"] if "hq" in metrics else [])]):
             text += "\n".join(study.analyse(args.sweep_dir, runs, m, lower_is_better(m), out)) + "\n"
     try:

@@ -37,7 +37,6 @@ value. Cells are ranked at k = K; a cell whose interval overlaps a better cell's
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shlex
@@ -249,17 +248,14 @@ class Cell:
     pending: int = 0  # runs not finished (running, missing, interrupted)
 
 
-def _study_config(run_dir: Path) -> dict | None:
-    try:
-        config = json.loads((run_dir / "metrics.json").read_text()).get("config") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    study = config.get("study")
-    return config if isinstance(study, dict) and "trial" in study else None
+def _study_config(run) -> dict | None:
+    """The config of a report row (:class:`ganbench.report.Run`) when it is a study trial's, else None."""
+    study = run.config.get("study")
+    return run.config if isinstance(study, dict) and "trial" in study else None
 
 
-def is_study_sweep(sweep_dir: Path, runs) -> bool:
-    return any(_study_config(sweep_dir / r.name) for r in runs)
+def is_study_sweep(runs) -> bool:
+    return any(_study_config(r) for r in runs)
 
 
 def _params(config: dict) -> dict:
@@ -283,7 +279,7 @@ def collect(sweep_dir: Path, runs, metric: str, lower_is_better: bool) -> dict[t
     worst = math.inf if lower_is_better else -math.inf
     cells: dict[tuple[str, str], Cell] = {}
     for r in runs:
-        config = _study_config(sweep_dir / r.name)
+        config = _study_config(r)
         if config is None:
             continue
         cell = cells.setdefault((r.loss, r.constraint), Cell())
