@@ -132,7 +132,7 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            return study.apply(hydra_compose("train", overrides=overrides))  # a study trial: its draws
+            return study.apply(hydra_compose("train", overrides=overrides), overrides=overrides)  # a trial: its draws
     except GanbenchError:
         raise
     except Exception as e:

@@ -40,3 +40,10 @@ def base_name(cls: type, group: str, keep=lambda c: True) -> str | None:
     """The option name of the nearest base class of ``cls`` that has a YAML and passes ``keep``, or None."""
     by_target = {t: name for name, t in reversed(options(group).items())}
     return next((by_target[_target(c)] for c in cls.__mro__[1:] if _target(c) in by_target and keep(c)), None)
+
+
+def knobs(group: str) -> set[str]:
+    """Every key some option of ``group`` declares (``lam``, ``weight``, ``gamma``, …), ``_target_`` aside."""
+    folder = resources.files("ganbench.conf") / group
+    return {key for f in folder.iterdir() if f.name.endswith(".yaml")
+            for key in OmegaConf.create(f.read_text()) if key != "_target_"}

@@ -47,6 +47,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ganbench import methods
 from ganbench.errors import GanbenchError
 
 # "Trains": the final metric on the good side of this threshold. W1 on the 2D toys: below half of grid25's mode
@@ -138,22 +139,51 @@ def is_study(cfg) -> bool:
     return OmegaConf.is_config(cfg) and isinstance(cfg.get("study"), DictConfig) and "trial" in cfg.study
 
 
-def check(cfg: DictConfig) -> None:
-    """A study's settings, in one sentence each (composition has checked the rest)."""
+def _known(cfg: DictConfig, key: str) -> bool:
+    """A key the space may set: one this config has, or a loss or constraint knob some option of that group
+    declares (a cell without it skips it, as sn has no penalty weight); anything else is a typo."""
+    group, _, rest = key.partition(".")
+    if group in methods.GROUPS and rest:
+        return rest.split(".", 1)[0] in methods.knobs(group) or _lookup(cfg, key) is not _ABSENT
+    return _lookup(cfg, key) is not _ABSENT
+
+
+def _override_keys(cfg: DictConfig, overrides: list[str]) -> set[str]:
+    """The keys the command line sets a value or list at (a group choice such as ``loss=hinge`` is not one)."""
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o and not _is_study_override(o)}
+    return {k for k in keys if not isinstance(_lookup(cfg, k), DictConfig)}
+
+
+def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
+    """A study's settings, in one sentence each (composition has checked the rest): the trial count, the space's
+    shape, every key it sets exists, and none of them is also set on the command line (the draw would win)."""
     if not is_study(cfg):
         return
     trials = cfg.study.get("trials")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise GanbenchError(f"study.trials must be a positive integer, got {trials!r}.")
+    given = _override_keys(cfg, overrides)
+    for name, spec in _knobs(cfg.study.space).items():
+        for key in spec["set"]:
+            if not isinstance(key, str) or not _known(cfg, key):
+                raise GanbenchError(f"study.space.{name}.set names {key!r}, which is not a config key of this run "
+                                    f"nor a knob of any loss or constraint.")
+            clash = next((g for g in given if g == key or key.startswith(g + ".")), None)
+            if clash and _lookup(cfg, key) is not _ABSENT:
+                raise GanbenchError(f"{clash} is drawn by the study (study.space.{name}); leave it off the command "
+                                    f"line, or take the knob out of the search with ~study.space.{name}.")
     assignments(cfg)
 
 
-def apply(cfg: DictConfig, run_dir: Path | None = None) -> DictConfig:
+def apply(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """A study trial: set its drawn values in ``cfg`` (in place) and write ``run_dir/command.txt``, the plain
-    `ganbench train` command that reruns it alone. Any other job: ``cfg`` unchanged."""
+    `ganbench train` command that reruns it alone. Any other job: ``cfg`` unchanged. ``overrides``: the command
+    line's (Hydra's own where a job runs), checked against the drawn keys."""
     if not is_study(cfg):
         return cfg
-    check(cfg)
+    if overrides is None and HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
+    check(cfg, overrides or [])
     values = assignments(cfg)
     for key, value in values.items():
         _set(cfg, key, value)

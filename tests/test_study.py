@@ -158,3 +158,17 @@ def test_a_study_through_joblib_submitit_and_resume_auto_gives_the_same_trials(t
             assert read_metrics(tmp_cwd / sweep / job)["metrics"] == fresh["metrics"]
             command = (tmp_cwd / sweep / job / "command.txt").read_text()
             assert command == (tmp_cwd / "basic" / job / "command.txt").read_text()  # no launcher, no resume=auto
+
+
+def test_a_typo_in_the_space_or_a_drawn_knob_on_the_command_line_is_one_sentence():
+    with pytest.raises(GanbenchError, match=r"study.space.lr.set names 'optim.lr_gg', which is not a config key"):
+        trial_cfg(0, "study.space.lr.set=[optim.lr_gg,optim.lr_d]")
+    with pytest.raises(GanbenchError, match=r"study.space.weight.set names 'loss.lamda'"):
+        trial_cfg(0, "study.space.weight.set=[loss.lamda]")
+    with pytest.raises(GanbenchError, match=r"optim.lr_g is drawn by the study \(study.space.lr\).*~study.space.lr"):
+        trial_cfg(0, "optim.lr_g=0.001")
+    with pytest.raises(GanbenchError, match=r"optim.betas is drawn by the study \(study.space.beta1\)"):
+        trial_cfg(0, "optim.betas=[0.5,0.9]")
+    fixed = trial_cfg(0, "~study.space.lr", "optim.lr_g=0.001")  # a knob taken out of the search keeps its value
+    assert fixed.optim.lr_g == 0.001 and fixed.optim.lr_d != 0.001
+    assert trial_cfg(0, "constraint=sn").study.trial == 0  # a penalty key the cell lacks (sn has no weight) is fine

@@ -261,6 +261,7 @@ def _train_and_cache(dataset: ImageDataset, seed: int, test: ImageDataset | None
         _save(path, net, spec, info)
     except OSError as e:
         log.warning("could not write the feature-net cache %s (%s); it will be trained again next time", path, e)
-    acc_text = f"{test_acc:.2%} on {test.name}" if test_acc is not None else "no held-out split"
-    log.info("fd_classifier feature net trained in %.1f s: test accuracy %s", seconds, acc_text)
+    acc_text = (f"test accuracy {test_acc:.2%} on {test.name}" if test_acc is not None
+                else f"train accuracy {info['train_accuracy']:.2%} (no held-out split to test on)")
+    log.info("fd_classifier feature net trained in %.1f s: %s", seconds, acc_text)
     return FeatureNet(net, dataset.name, seed, arch_hash(spec), sha, test_acc, path)
