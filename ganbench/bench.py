@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +67,10 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str]) -> int:
     if argv[:1] == [LOAD_COPY]:  # the second copy of --under-load: iterate until killed
         return spin_copy(argv[1:])
-    cfg, device, warmup, iters = parse(argv)
-    if "--under-load" in argv:
-        return under_load(cfg, device, warmup, iters, [a for a in argv if "=" in a and not a.startswith("-")],
-                          reference="--no-reference" not in argv)
+    job = parse(argv)
+    cfg, device, warmup, iters = job.cfg, job.device, job.warmup, job.iters
+    if job.under_load:
+        return under_load(cfg, device, warmup, iters, job.overrides, reference=job.reference)
     graphed = device.type == "cuda" and cfg.fast
     our_warmup = max(warmup, fastpath.WARMUP + 1) if graphed else warmup  # never time the capture itself
     ref = reference_kind(cfg)
@@ -92,8 +93,20 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def parse(argv: list[str]) -> tuple[DictConfig, torch.device, int, int]:
-    """The command line -> (config, device, warm-up iterations, timed iterations); bad input is one sentence."""
+class Job(NamedTuple):
+    """What one `ganbench bench` command asks for."""
+
+    cfg: DictConfig
+    device: torch.device
+    warmup: int  # untimed iterations per loop
+    iters: int  # timed iterations per loop
+    under_load: bool
+    reference: bool  # --under-load: also the cases under OpenMP's default wait
+    overrides: list[str]  # the KEY=VALUE overrides, as given
+
+
+def parse(argv: list[str]) -> Job:
+    """The command line as a :class:`Job`; bad input is one sentence."""
     parser = _Parser(prog="ganbench bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warmup", type=int, default=None,
                         help=f"untimed iterations per loop (default {DEFAULTS['cpu'][0]} on the CPU, "
@@ -127,7 +140,7 @@ def parse(argv: list[str]) -> tuple[DictConfig, torch.device, int, int]:
     iters = iters if args.iters is None else args.iters
     if warmup < 0 or iters < 1:
         raise GanbenchError(f"bench: --warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}.")
-    return cfg, device, warmup, iters
+    return Job(cfg, device, warmup, iters, args.under_load, not args.no_reference, list(args.overrides))
 
 
 # The first argument of the second copy that --under-load starts (not a user option).
@@ -203,8 +216,8 @@ def _rates(text: str) -> dict:
 
 def spin_copy(argv: list[str]) -> int:
     """The second copy of :func:`under_load`: build the same iteration, say 'ready' once it has run, then iterate."""
-    cfg, device, _, _ = parse(argv)
-    step = ganbench_loop(cfg, device, [])
+    job = parse(argv)
+    step = ganbench_loop(job.cfg, job.device, [])
     step()
     print("ready", flush=True)
     while True:
