@@ -228,7 +228,10 @@ def _print_metrics(metrics: dict, protocol: dict) -> None:
         if "skipped" in p:
             skipped.setdefault(p["skipped"], []).append(name)
             continue
-        value = f"{metrics[name]:.6g}" + (f" ± {metrics['kid_std']:.2g}" if name == "kid" else "")
+        if name == "prc_classifier":  # two numbers under one name
+            value = f"precision {metrics['precision_classifier']:.4g}, recall {metrics['recall_classifier']:.4g}"
+        else:
+            value = f"{metrics[name]:.6g}" + (f" ± {metrics[name + '_std']:.2g}" if name + "_std" in metrics else "")
         print(f"  {name:14s} {value}   ({p['real']}: {p['num_real']} real / {p['num_fake']} fake; "
               f"{p['feature_net'].split(' (')[0]}, weights {p['weights_sha256']})")
     for reason, names in skipped.items():

@@ -137,9 +137,13 @@ def test_cli_eval_and_sample(tmp_path, metrics_cache):  # noqa: F811
     run = tmp_path / "run"
     make_run(run)
     env = {"GANBENCH_CACHE": str(metrics_cache)}
-    proc = run_cli(["eval", str(run), "metrics.num_fake=100", "device=cpu"], tmp_path, env_extra=env)
+    proc = run_cli(["eval", str(run), "metrics.num_fake=100", "metrics.names=[fd_classifier,prc_classifier]",
+                    "device=cpu"], tmp_path, env_extra=env)
     assert proc.returncode == 0, proc.stderr
-    assert "fd_classifier" in proc.stdout and "fd_classifier" in read_metrics(run)["metrics"]
+    metrics = read_metrics(run)["metrics"]
+    assert f"fd_classifier  {metrics['fd_classifier']:.6g}" in proc.stdout
+    assert (f"prc_classifier precision {metrics['precision_classifier']:.4g}, "
+            f"recall {metrics['recall_classifier']:.4g}") in proc.stdout
     proc = run_cli(["sample", str(run), "--n", "2"], tmp_path, env_extra=env)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "ganbench: error: ganbench sample needs --out; e.g. ganbench sample RUN_DIR --n 64 --out samples/.")
