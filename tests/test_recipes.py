@@ -19,11 +19,13 @@ CONF = REPO / "conf"
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 CONSTRAINTS = sorted(p.stem for p in (CONF / "constraint").glob("*.yaml"))
 PAIRS = [(loss, constraint) for loss in LOSSES for constraint in CONSTRAINTS]
-RECIPES = {"loss": CONF / "recipe" / "loss" / "paper", "constraint": CONF / "recipe" / "constraint" / "paper"}
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+RECIPES = {"loss": CONF / "recipe" / "loss" / "paper", "constraint": CONF / "recipe" / "constraint" / "paper",
+           "model": CONF / "recipe" / "model" / "paper"}
 # What a recipe may set: the training setting. The methods' own knobs (penalty weights, c, ...) are their YAMLs'.
-# The one model key: the clip recipe's BatchNorm critic, which a clipped critic needs to train.
-SETTING = {"optim", "n_dis", "critic_schedule", "batch_size", "g_batch_size", "model"}
-MODEL_KEYS = {"model.discriminator.batchnorm"}
+# The part of a constraint's setting that depends on the model (conf/recipe/model/paper/<constraint>_<model>.yaml)
+# may set the model's options: the clip recipe's BatchNorm DCGAN critic, which a clipped critic needs to train.
+SETTING = {"optim", "n_dis", "critic_schedule", "batch_size", "g_batch_size"}
 SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
           "g_batch_size": None, "critic_schedule.burst": 0, "optim.g._target_": "torch.optim.Adam"}
 
@@ -58,8 +60,18 @@ def test_recipe_files_belong_to_a_method_and_name_their_source():
             assert "arXiv" in path.read_text(), f"{path} names no source"
             recipe = OmegaConf.load(path)
             assert set(recipe.keys()) <= SETTING, f"{path} sets more than the training setting"
-            assert {k for k in leaves(recipe) if k.startswith("model.")} <= MODEL_KEYS, path
     assert (RECIPES["constraint"] / "clip.yaml").exists() and (RECIPES["loss"] / "wgan_gp.yaml").exists()
+    pairs = {f"{c}_{m}": (c, m) for c in CONSTRAINTS for m in MODELS}
+    for path in RECIPES["model"].glob("*.yaml"):
+        assert path.stem in pairs, f"{path} is named after no constraint_model pair"
+        assert path.read_text().startswith("# @package _global_\n# ") and "arXiv" in path.read_text(), path
+        assert set(OmegaConf.load(path).keys()) == {"model"}, f"{path} sets more than the model's options"
+        constraint, model = pairs[path.stem]
+        cfg = compose([f"constraint={constraint}", f"model={model}", "recipe=paper", "device=cpu"])
+        build(cfg, torch.device("cpu"))  # the options exist on that model
+    for model in MODELS:  # every model builds under the clip recipe (a critic without the option keeps its own)
+        build(compose(["loss=wgan", "constraint=clip", "recipe=paper", f"model={model}", "device=cpu", *(
+            ["dataset=grid25"] if model == "mlp" else [])]), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("loss,constraint", PAIRS)
@@ -72,7 +84,8 @@ def test_shared_default_is_unchanged(loss, constraint):
 
 @pytest.mark.parametrize("loss,constraint", PAIRS)
 def test_paper_recipe_is_the_loss_file_then_the_constraint_file(loss, constraint):
-    expected = leaves(OmegaConf.merge(recipe_file("loss", loss), recipe_file("constraint", constraint)))
+    expected = leaves(OmegaConf.merge(recipe_file("loss", loss), recipe_file("constraint", constraint),
+                                      recipe_file("model", f"{constraint}_dcgan_small")))
     base = compose([f"loss={loss}", f"constraint={constraint}"])
     cfg = compose([f"loss={loss}", f"constraint={constraint}", "recipe=paper"])
     config.validate(cfg)
