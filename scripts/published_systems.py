@@ -5,6 +5,7 @@ does each train, and how far is it from hinge + sn on the same data and budget?
     python scripts/published_systems.py run outputs/paper/digits --seeds 0 --steps 2000 -- \\
         dataset=folder dataset.root=PATH dataset.channels=1                              # any image folder
     python scripts/published_systems.py table outputs/paper/mnist_mini                   # the markdown table
+    python scripts/published_systems.py figure outputs/paper/mnist_mini outputs/paper/digits --out grids.png
 
 `run` starts one `ganbench train SYSTEM recipe=paper seed=S` per system and seed (a subprocess, one CPU thread,
 ``--jobs`` at a time) in ROOT/SYSTEM/seedS, with fd_classifier and prc_classifier (precision and recall in the same
@@ -12,7 +13,8 @@ feature space: recall near 0 is a collapse) at every evaluation; the overrides a
 that already ended is kept as it is; an unfinished one continues from its checkpoint (`resume=auto`). `table`
 reads every ROOT/SYSTEM/seedS/metrics.json and prints, per system, fd_classifier at each evaluation and at the end
 (mean ± std over seeds), its ratio to hinge + sn's final mean, and the final precision and recall. Exit status 1
-if a run failed (`run`) or a system has no finished run (`table`).
+if a run failed (`run`) or a system has no finished run (`table`). `figure` puts the first rows of each run's last
+sample grid side by side, a row per system and a column per ROOT.
 """
 
 from __future__ import annotations
@@ -112,6 +114,39 @@ def table(args) -> int:
     return 0 if all(finals.values()) else 1
 
 
+def figure(args) -> int:
+    """One row per system, one column per root: the first ``--rows`` rows of each run's last sample grid."""
+    from PIL import Image, ImageDraw
+
+    cells, missing = {}, []
+    for system in args.systems:
+        for root in args.roots:
+            grids = sorted((root / system / f"seed{args.seed}" / "samples").glob("step_*.png"))
+            if not grids:
+                missing.append(f"{root}/{system}")
+                continue
+            grid = Image.open(grids[-1]).convert("RGB")
+            cells[system, root] = grid.crop((0, 0, grid.width, 2 + args.rows * (grid.height - 2) // 8))
+    if not cells:
+        print("published_systems: no sample grids found", file=sys.stderr)
+        return 1
+    w, h = max(c.width for c in cells.values()), max(c.height for c in cells.values())
+    label, head = 110, 16
+    out = Image.new("RGB", (label + len(args.roots) * (w + 6), head + len(args.systems) * (h + 4)), "white")
+    draw = ImageDraw.Draw(out)
+    for j, root in enumerate(args.roots):
+        draw.text((label + j * (w + 6) + 2, 2), f"{root.name}, seed {args.seed}", fill="black")
+    for i, system in enumerate(args.systems):
+        draw.text((4, head + i * (h + 4) + h // 2 - 6), system, fill="black")
+        for j, root in enumerate(args.roots):
+            if (system, root) in cells:
+                out.paste(cells[system, root], (label + j * (w + 6), head + i * (h + 4)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.save(args.out)
+    print(f"wrote {args.out}" + (f" (no samples: {', '.join(missing)})" if missing else ""))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -123,10 +158,16 @@ def main(argv: list[str]) -> int:
             p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
             p.add_argument("--steps", type=int, default=None, help="generator updates (default: train.yaml's)")
             p.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each")
+    p = sub.add_parser("figure")
+    p.add_argument("roots", type=Path, nargs="+", help="one column each (e.g. two datasets)")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    p.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=int, default=2, help="rows of 8 samples per run (of the grid's 8)")
     cut = argv.index("--") if "--" in argv else len(argv)  # after --: config overrides for every run
     args = parser.parse_args(argv[:cut])
     args.overrides = argv[cut + 1:]
-    return run(args) if args.what == "run" else table(args)
+    return {"run": run, "table": table, "figure": figure}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compose
+from PIL import Image
 from test_classifier_metric import _use_metrics_cache, metrics_cache  # noqa: F401  (shared session cache)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -33,7 +34,7 @@ def test_every_system_composes_at_its_paper_setting():
 @pytest.mark.slow
 def test_the_script_runs_systems_and_tables_them_against_hinge_sn(tmp_path, capsys):
     tiny = ["model.generator.ch=8", "model.discriminator.ch=8", "batch_size=8", "g_batch_size=8",
-            "eval_every=2", "metrics.num_fake=200", "critic_schedule.burst=2"]
+            "eval_every=2", "sample_every=2", "metrics.num_fake=200", "critic_schedule.burst=2"]
     root = tmp_path / "paper"
     argv = ["run", str(root), "--systems", "hinge_sn", "wgan_clip", "--seeds", "0", "--steps", "2", "--", *tiny]
     assert ps.main(argv) == 0
@@ -50,3 +51,6 @@ def test_the_script_runs_systems_and_tables_them_against_hinge_sn(tmp_path, caps
     assert "| 1× |" in rows["hinge_sn"]
     assert f"{fd['wgan_clip'] / fd['hinge_sn']:.2g}×" in rows["wgan_clip"]
     assert f"{fd['wgan_clip']:.3g} at 2" in rows["wgan_clip"] and "| 0 | – |" in rows["sgan"]
+    fig = tmp_path / "grids.png"
+    assert ps.main(["figure", str(root), str(root), "--out", str(fig), "--systems", "hinge_sn", "wgan_clip"]) == 0
+    assert Image.open(fig).size == (110 + 2 * (274 + 6), 16 + 2 * (70 + 4))  # 2 systems × 2 roots, 2 rows of 8
