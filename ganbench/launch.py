@@ -98,6 +98,7 @@ def task(cfg: DictConfig) -> dict | None:
         print(f"ganbench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     checkpoint.remove_temps(run_dir)  # a killed writer's half-written temp files: the lock says nobody is writing
+    rundir.restore_hydra_files(run_dir)  # a resumed sweep job keeps its own .hydra/ records
     threading.excepthook = _quiet_write_errors
     try:
         cfg = study.apply(cfg, run_dir)  # a study trial: its drawn values, and command.txt to rerun it alone

@@ -175,13 +175,48 @@ def locked_log_file(filename: str, **kwargs) -> logging.FileHandler:
     if not follower_rank():
         run_dir = Path(filename).parent
         try:
-            if not _resuming():
+            resuming = _resuming()
+            if not resuming:
                 check_fresh(run_dir)
             hold(run_dir)
         except GanbenchError as e:
             print(f"ganbench: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        if resuming:
+            _keep_hydra_files(run_dir)
     return RunLogFile(filename, **kwargs)
+
+
+# A resumed job's own .hydra/ files, read before Hydra rewrites them (see :func:`restore_hydra_files`).
+_kept_hydra: dict[Path, dict[str, bytes]] = {}
+
+
+def _keep_hydra_files(run_dir: Path) -> None:
+    folder = Path(os.path.abspath(run_dir)) / ".hydra"
+    try:
+        _kept_hydra[folder.parent] = {p.name: p.read_bytes() for p in folder.glob("*.yaml") if p.is_file()}
+    except OSError:  # unreadable: nothing to put back, as for a run that has none
+        _kept_hydra.pop(folder.parent, None)
+
+
+def restore_hydra_files(run_dir: Path) -> None:
+    """Put a resumed sweep job's ``.hydra/`` files back as the run wrote them. A single run resumes with
+    ``hydra.output_subdir=null`` (:func:`prepare_train`); a sweep job with ``resume=auto`` cannot, and Hydra rewrites
+    them between the log handler (:func:`locked_log_file`, which read them) and the task: the run's record of its own
+    overrides and config would then say what a later command asked, even for a finished job that does nothing."""
+    kept = _kept_hydra.pop(Path(os.path.abspath(run_dir)), None)
+    if not kept:
+        return
+    from ganbench import checkpoint
+
+    for name, data in kept.items():
+        path = Path(run_dir) / ".hydra" / name
+        try:
+            if path.read_bytes() == data:
+                continue
+        except OSError:
+            pass
+        checkpoint.atomic_write_bytes(path, lambda f, data=data: f.write(data))
 
 
 def _resuming() -> bool:

@@ -107,14 +107,18 @@ def test_a_sweep_into_an_earlier_sweep_is_refused_and_resume_auto_continues_it(t
         assert proc.returncode == 2 and digest(target) == before
     # A requeued sweep (resume=auto) finds its jobs complete: their records stay byte for byte, no new event file.
     records = {p: p.read_bytes() for p in folder.glob("*/metrics.json")}
+    configs = {p: p.read_bytes() for p in folder.glob("*/.hydra/*.yaml")}  # each job's own overrides and config
+    assert len(configs) == 6
     events = sorted(folder.glob("*/events.out.tfevents.*"))
     proc = run_cli([*sweep, "resume=auto", "hydra.sweep.dir=outputs/sweep"], tmp_cwd)
     assert proc.returncode == 0, proc.stderr
     assert {p: p.read_bytes() for p in folder.glob("*/metrics.json")} == records
+    assert {p: p.read_bytes() for p in folder.glob("*/.hydra/*.yaml")} == configs
     assert sorted(folder.glob("*/events.out.tfevents.*")) == events
-    # ... and with more steps it continues every job where it stopped.
+    # ... and with more steps it continues every job where it stopped (its .hydra/ kept, as a single run's).
     proc = run_cli([*sweep, "steps=4", "resume=auto", "hydra.sweep.dir=outputs/sweep"], tmp_cwd)
     assert proc.returncode == 0, proc.stderr
+    assert {p: p.read_bytes() for p in folder.glob("*/.hydra/*.yaml")} == configs
     assert [(read_metrics(p.parent)["status"], read_metrics(p.parent)["step"])
             for p in sorted(folder.glob("*/metrics.json"))] == [("completed", 4), ("completed", 4)]
     assert "resumed from" in proc.stdout
