@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -127,8 +128,42 @@ def _check_switches(parsed: list) -> None:
                     raise GanbenchError(schema.refusal(o.key_or_group, *found, value))
 
 
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def pin_optimizer(overrides: list[str]) -> list[str]:
+    """An optimizer chosen on the command line (``optim=adam``) beats a recipe's: ``recipe=paper`` switches a pair
+    to RMSprop by the ``_target_`` of ``optim.g`` / ``optim.d``, later in the defaults list than the optim group, so
+    the choice alone would lose. Where it would, the chosen file's classes are added as explicit overrides (which
+    also land in the run's .hydra/overrides.yaml); the recipe's learning rates, betas and n_dis stay."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return overrides  # compose says what is wrong with them
+    chosen = [o for o in parsed if o.key_or_group == "optim" and not o.is_sweep_override() and not o.is_delete()]
+    if not chosen or any(o.key_or_group in ("optim.g._target_", "optim.d._target_") for o in parsed):
+        return overrides
+    name = chosen[-1].value()
+    path = resources.files("ganbench.conf") / "optim" / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        return overrides
+    want = OmegaConf.create(path.read_text())
+    GlobalHydra.instance().clear()
+    try:
+        got = _compose([o for o in overrides if not o.lstrip("+~").startswith("hydra.")]).optim
+    except Exception:
+        return overrides
+    finally:
+        GlobalHydra.instance().clear()
+    return overrides + [f"optim.{net}._target_={want[net]._target_}" for net in ("g", "d")
+                        if got[net]._target_ != want[net]._target_]
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """Compose conf/train.yaml with ``overrides``; errors become one-line GanbenchErrors."""
+    overrides = pin_optimizer(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -146,6 +181,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
     flags, overrides = _split(argv)
     if any(f in ("-h", "--help", "--hydra-help", "--version") for f in flags):
         return argv
+    overrides = pin_optimizer(overrides)
     multirun = any(f in ("-m", "--multirun") for f in flags)
     for variant in _value_sets(overrides):
         cfg = compose([o for o in variant if not o.lstrip("+~").startswith("hydra.")])

@@ -129,6 +129,14 @@ def test_critic_schedule_is_off_by_default_and_for_every_other_pair():
 def test_overrides_and_presets_beat_the_recipe():
     cfg = compose(["loss=wgan_gp", "constraint=none", "recipe=paper", "n_dis=3", "optim.lr_d=3e-4"])
     assert cfg.n_dis == 3 and cfg.optim.lr_d == 3e-4 and cfg.optim.lr_g == 1e-4
+    # An optimizer chosen on the command line beats the recipe's (the rest of the paper setting stays) ...
+    cfg = compose(["loss=wgan", "constraint=clip", "recipe=paper", "optim=adam"])
+    assert (cfg.optim.g._target_, cfg.optim.d._target_, cfg.optim.lr_d, cfg.n_dis) == ("torch.optim.Adam",) * 2 + (
+        5e-5, 5)
+    assert config.pin_optimizer(["loss=wgan", "constraint=clip", "recipe=paper"]) == [
+        "loss=wgan", "constraint=clip", "recipe=paper"]  # ... and without a choice the recipe's is kept
+    assert config.prepare_argv(["experiment=wgan_clip_dcgan", "dataset=mnist_mini", "optim=adam"])[-2:] == [
+        "optim.g._target_=torch.optim.Adam", "optim.d._target_=torch.optim.Adam"]  # what Hydra gets, and records
     cfg = compose(["recipe=paper", "experiment=gngan_resnet_cifar10"])
     assert cfg.n_dis == 5 and cfg.optim.lr_d == 4e-4 and cfg.optim.decay == "linear"
     cfg = compose(["loss=wgan", "constraint=clip", "recipe=paper", "critic_schedule.burst=0",
