@@ -21,7 +21,7 @@ CONSTRAINTS = sorted(p.stem for p in (CONF / "constraint").glob("*.yaml"))
 PAIRS = [(loss, constraint) for loss in LOSSES for constraint in CONSTRAINTS]
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 RECIPES = {"loss": CONF / "recipe" / "loss" / "paper", "constraint": CONF / "recipe" / "constraint" / "paper",
-           "model": CONF / "recipe" / "model" / "paper"}
+           "model": CONF / "recipe" / "model" / "paper", "system": CONF / "recipe" / "system" / "paper"}
 # What a recipe may set: the training setting. The methods' own knobs (penalty weights, c, ...) are their YAMLs'.
 # The part of a constraint's setting that depends on the model (conf/recipe/model/paper/<constraint>_<model>.yaml)
 # may set the model's options: the clip recipe's BatchNorm DCGAN critic, which a clipped critic needs to train.
@@ -61,14 +61,18 @@ def test_recipe_files_belong_to_a_method_and_name_their_source():
             recipe = OmegaConf.load(path)
             assert set(recipe.keys()) <= SETTING, f"{path} sets more than the training setting"
     assert (RECIPES["constraint"] / "clip.yaml").exists() and (RECIPES["loss"] / "wgan_gp.yaml").exists()
-    pairs = {f"{c}_{m}": (c, m) for c in CONSTRAINTS for m in MODELS}
-    for path in RECIPES["model"].glob("*.yaml"):
-        assert path.stem in pairs, f"{path} is named after no constraint_model pair"
-        assert path.read_text().startswith("# @package _global_\n# ") and "arXiv" in path.read_text(), path
-        assert set(OmegaConf.load(path).keys()) == {"model"}, f"{path} sets more than the model's options"
-        constraint, model = pairs[path.stem]
-        cfg = compose([f"constraint={constraint}", f"model={model}", "recipe=paper", "device=cpu"])
-        build(cfg, torch.device("cpu"))  # the options exist on that model
+    names = {"model": {f"{c}_{m}": [f"constraint={c}", f"model={m}"] for c in CONSTRAINTS for m in MODELS},
+             "system": {f"{loss}_{c}_{m}": [f"loss={loss}", f"constraint={c}", f"model={m}"]
+                        for loss in LOSSES for c in CONSTRAINTS for m in MODELS}}
+    assert (RECIPES["model"] / "clip_dcgan.yaml").exists() and (RECIPES["system"] / "sgan_none_dcgan.yaml").exists()
+    for kind, known in names.items():
+        for path in RECIPES[kind].glob("*.yaml"):
+            assert path.stem in known, f"{path} is named after no {kind} in conf/"
+            assert path.read_text().startswith("# @package _global_\n# ") and "arXiv" in path.read_text(), path
+            assert set(OmegaConf.load(path).keys()) == {"model"}, f"{path} sets more than the model's options"
+            cfg = compose([*known[path.stem], "recipe=paper", "device=cpu"])
+            assert values(cfg, leaves(OmegaConf.load(path))) == leaves(OmegaConf.load(path)), path  # it is applied
+            build(cfg, torch.device("cpu"))  # the options exist on that model
     for model in MODELS:  # every model builds under the clip recipe (a critic without the option keeps its own)
         build(compose(["loss=wgan", "constraint=clip", "recipe=paper", f"model={model}", "device=cpu", *(
             ["dataset=grid25"] if model == "mlp" else [])]), torch.device("cpu"))
@@ -85,7 +89,8 @@ def test_shared_default_is_unchanged(loss, constraint):
 @pytest.mark.parametrize("loss,constraint", PAIRS)
 def test_paper_recipe_is_the_loss_file_then_the_constraint_file(loss, constraint):
     expected = leaves(OmegaConf.merge(recipe_file("loss", loss), recipe_file("constraint", constraint),
-                                      recipe_file("model", f"{constraint}_dcgan_small")))
+                                      recipe_file("model", f"{constraint}_dcgan_small"),
+                                      recipe_file("system", f"{loss}_{constraint}_dcgan_small")))
     base = compose([f"loss={loss}", f"constraint={constraint}"])
     cfg = compose([f"loss={loss}", f"constraint={constraint}", "recipe=paper"])
     config.validate(cfg)
@@ -153,3 +158,16 @@ def test_cfg_job_shows_the_recipe(tmp_path):
     assert job.model.discriminator.batchnorm is True
     assert (job.n_dis, job.critic_schedule.burst, job.critic_schedule.first, job.critic_schedule.every) == (5, 100, 25,
                                                                                                             500)
+
+
+def test_only_the_dcgan_system_gets_the_dcgan_discriminator():
+    """recipe=paper: sgan without a constraint is the DCGAN paper's system, BatchNorm in D; sgan with a Lipschitz
+    constraint, and the other losses without one, keep D without BatchNorm (their sources' critics have none)."""
+    def batchnorm(*args):
+        return compose([*args, "recipe=paper"]).model.discriminator.batchnorm
+    assert batchnorm("loss=sgan", "constraint=none") is True
+    assert batchnorm("loss=sgan", "constraint=none", "model=dcgan") is True
+    for loss, constraint in (("sgan", "sn"), ("sgan", "gp"), ("wgan_gp", "none"), ("wgan_div", "none"),
+                             ("ganqp", "none"), ("hinge", "sn")):
+        assert batchnorm(f"loss={loss}", f"constraint={constraint}") is False, (loss, constraint)
+    assert compose(["loss=sgan", "constraint=none"]).model.discriminator.batchnorm is False  # recipe=shared
