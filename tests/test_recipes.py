@@ -25,6 +25,7 @@ RECIPES = {"loss": CONF / "recipe" / "loss" / "paper", "constraint": CONF / "rec
 # What a recipe may set: the training setting. The methods' own knobs (penalty weights, c, ...) are their YAMLs'.
 # The part of a constraint's setting that depends on the model (conf/recipe/model/paper/<constraint>_<model>.yaml)
 # may set the model's options: the clip recipe's BatchNorm DCGAN critic, which a clipped critic needs to train.
+# So may a published system's own part (conf/recipe/system/paper/<loss>_<constraint>_<model>.yaml): DCGAN's BatchNorm D.
 SETTING = {"optim", "n_dis", "critic_schedule", "batch_size", "g_batch_size"}
 SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
           "g_batch_size": None, "critic_schedule.burst": 0, "optim.g._target_": "torch.optim.Adam"}
