@@ -70,9 +70,10 @@ def test_recipe_files_belong_to_a_method_and_name_their_source():
         for path in RECIPES[kind].glob("*.yaml"):
             assert path.stem in known, f"{path} is named after no {kind} in conf/"
             assert path.read_text().startswith("# @package _global_\n# ") and "arXiv" in path.read_text(), path
-            assert set(OmegaConf.load(path).keys()) == {"model"}, f"{path} sets more than the model's options"
+            options = OmegaConf.load(path)
+            assert set(options.keys()) == {"model"}, f"{path} sets more than the model's options"
             cfg = compose([*known[path.stem], "recipe=paper", "device=cpu"])
-            assert values(cfg, leaves(OmegaConf.load(path))) == leaves(OmegaConf.load(path)), path  # it is applied
+            assert values(cfg, leaves(options)) == leaves(options), path  # it is applied
             build(cfg, torch.device("cpu"))  # the options exist on that model
     for model in MODELS:  # every model builds under the clip recipe (a critic without the option keeps its own)
         build(compose(["loss=wgan", "constraint=clip", "recipe=paper", f"model={model}", "device=cpu", *(
