@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _interrupted(e):
             raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while this line is printed changes nothing
+        # CPython marks a KeyboardInterrupt that left an `exec` of a source string (torch's import builds dataclasses
+        # that way) as unhandled even when it is caught later, and then ends a `python -m` process by SIGINT instead
+        # of this exit code. One more exec of a string clears the mark, so every Ctrl-C exits 130.
+        exec("pass")
         if not torchrun.env_rank():
             print("ganbench: error: interrupted (Ctrl-C); nothing was trained in this command (a run it had "
                   "started records status 'interrupted').", file=sys.stderr)

@@ -297,20 +297,24 @@ elif point == "lock":  # while Hydra starts the job: the run directory's lock
     rundir.hold = interrupt_then(rundir.hold)
 elif point == "build":  # while the run builds its models, before the loop takes SIGINT over
     train.build = interrupt_then(train.build)
+elif point == "exec":  # inside code that exec builds from a string, as torch's import builds its dataclasses
+    config.prepare_argv = lambda *args, **kwargs: exec("raise KeyboardInterrupt")
 sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("point", ["checks", "lock", "build"])
+@pytest.mark.parametrize("point", ["checks", "lock", "build", "exec"])
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_cwd, point):
-    proc = subprocess.run([sys.executable, "-c", CTRL_C, point, "train", *OVER, "hydra.run.dir=outputs/run"],
+    """Run as `python -m`, as torchrun runs ganbench: its exit status is the one CPython can turn into a SIGINT."""
+    (tmp_cwd / "ctrl_c.py").write_text(CTRL_C)
+    proc = subprocess.run([sys.executable, "-m", "ctrl_c", point, "train", *OVER, "hydra.run.dir=outputs/run"],
                           cwd=tmp_cwd, capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "interrupted (Ctrl-C)")
     assert proc.returncode == 130
     run_dir = tmp_cwd / "outputs" / "run"
     if point == "build":  # the job had started: its record says so, and the directory can be resumed or reused
         assert read_metrics(run_dir)["status"] == "interrupted"
-    elif point == "checks":
+    elif point in ("checks", "exec"):
         assert not run_dir.exists()
 
 
