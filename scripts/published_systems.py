@@ -39,6 +39,7 @@ SYSTEMS = {
     "ganqp": ["loss=ganqp", "constraint=none"],  # GAN-QP, Su 2018
     "wgan_gn": ["loss=wgan", "constraint=gn"],  # GN-GAN, Wu et al. 2021
     "hinge_gran": ["loss=hinge", "constraint=gran"],  # GraN-GAN, Bhaskara et al. 2022
+    "lsgan": ["loss=lsgan", "constraint=none"],  # LSGAN, Mao et al. 2017
 }
 REFERENCE = "hinge_sn"
 METRICS = "metrics.names=[fd_classifier,prc_classifier]"

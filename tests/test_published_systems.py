@@ -25,7 +25,7 @@ def test_every_system_composes_at_its_paper_setting():
         loss, constraint = (o.split("=")[1] for o in ps.SYSTEMS[name])
         assert cfg.loss._target_.rsplit(".", 1)[1].lower().replace("_", "") in {
             "sgan": "sgan", "wgan": "wgan", "wgan_gp": "wgangp", "hinge": "hinge", "wgan_div": "wgandiv",
-            "ganqp": "ganqp"}[loss]
+            "ganqp": "ganqp", "lsgan": "lsgan"}[loss]
         assert constraint in {"none", "clip", "sn", "gn", "gran"}
     clip = compose(ps.command("wgan_clip", 0, None, [], Path("run"))[2:-1])
     assert clip.optim.g._target_ == "ganbench.optim.RMSprop" and clip.critic_schedule.burst == 100

@@ -25,7 +25,8 @@ RECIPES = {"loss": CONF / "recipe" / "loss" / "paper", "constraint": CONF / "rec
 # What a recipe may set: the training setting. The methods' own knobs (penalty weights, c, ...) are their YAMLs'.
 # The part of a constraint's setting that depends on the model (conf/recipe/model/paper/<constraint>_<model>.yaml)
 # may set the model's options: the clip recipe's BatchNorm DCGAN critic, which a clipped critic needs to train.
-# So may a published system's own part (conf/recipe/system/paper/<loss>_<constraint>_<model>.yaml): DCGAN's BatchNorm D.
+# So may a published system's own part (conf/recipe/system/paper/<loss>_<constraint>_<model>.yaml): the BatchNorm D
+# of DCGAN and of LSGAN.
 SETTING = {"optim", "n_dis", "critic_schedule", "batch_size", "g_batch_size"}
 SHARED = {"optim.lr_g": 2e-4, "optim.lr_d": 2e-4, "optim.betas": [0.0, 0.9], "n_dis": 1, "batch_size": 64,
           "g_batch_size": None, "critic_schedule.burst": 0, "optim.g._target_": "torch.optim.Adam"}
@@ -162,14 +163,17 @@ def test_cfg_job_shows_the_recipe(tmp_path):
                                                                                                             500)
 
 
-def test_only_the_dcgan_system_gets_the_dcgan_discriminator():
-    """recipe=paper: sgan without a constraint is the DCGAN paper's system, BatchNorm in D; sgan with a Lipschitz
-    constraint, and the other losses without one, keep D without BatchNorm (their sources' critics have none)."""
+def test_only_the_dcgan_and_lsgan_systems_get_the_batchnorm_discriminator():
+    """recipe=paper: sgan and lsgan without a constraint are the DCGAN and LSGAN papers' systems, BatchNorm in D;
+    the same losses with a Lipschitz constraint, and the other losses without one, keep D without BatchNorm (their
+    sources' critics have none)."""
     def batchnorm(*args):
         return compose([*args, "recipe=paper"]).model.discriminator.batchnorm
-    assert batchnorm("loss=sgan", "constraint=none") is True
-    assert batchnorm("loss=sgan", "constraint=none", "model=dcgan") is True
-    for loss, constraint in (("sgan", "sn"), ("sgan", "gp"), ("wgan_gp", "none"), ("wgan_div", "none"),
-                             ("ganqp", "none"), ("hinge", "sn")):
+    for loss in ("sgan", "lsgan"):
+        assert batchnorm(f"loss={loss}", "constraint=none") is True, loss
+        assert batchnorm(f"loss={loss}", "constraint=none", "model=dcgan") is True, loss
+    for loss, constraint in (("sgan", "sn"), ("sgan", "gp"), ("lsgan", "sn"), ("lsgan", "gn"), ("wgan_gp", "none"),
+                             ("wgan_div", "none"), ("ganqp", "none"), ("hinge", "sn")):
         assert batchnorm(f"loss={loss}", f"constraint={constraint}") is False, (loss, constraint)
-    assert compose(["loss=sgan", "constraint=none"]).model.discriminator.batchnorm is False  # recipe=shared
+    for loss in ("sgan", "lsgan"):  # recipe=shared
+        assert compose([f"loss={loss}", "constraint=none"]).model.discriminator.batchnorm is False, loss
